@@ -1,0 +1,115 @@
+"""Serving one qmgr(8) connection: request in, delivery, reply out."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from .delivery import Delivery
+from .ipc import delivery as dr
+from .ipc.attr import AttrError
+from .ipc.reports import Reporter, ReportSettings
+from .ipc.stream import AttrStream, IpcError
+from .log import Logger
+from .queue.file import (QueueFile, QueueFileFatal, QueueFileMissing, QueueNameError,
+                         queue_path)
+from .settings import Settings
+
+
+class Agent:
+    def __init__(self, settings: Settings, log: Logger, flags: str = "") -> None:
+        self.s = settings
+        self.log = log
+        self.flags = flags
+        self.report_settings = ReportSettings(
+            bounce_service=settings.service_names.get("bounce") or "bounce",
+            defer_service=settings.service_names.get("defer") or "defer",
+            trace_service=settings.service_names.get("trace") or "trace",
+            verify_service=settings.service_names.get("verify") or "verify",
+            ipc_timeout=settings.ipc_timeout,
+            soft_bounce=settings.soft_bounce,
+            delay_resolution=settings.delay_resolution,
+            external_log_format=settings.info_log_external,
+            verify_negative_cache=settings.verify_negative_cache,
+        )
+
+    def serve(self, sock: socket.socket) -> None:
+        """The whole exchange on one accepted connection."""
+        stream = AttrStream(sock, self.s.ipc_timeout, "private/" + self.s.service_name)
+        try:
+            stream.send([("protocol", dr.PROTOCOL)])
+            first = stream.receive_or_eof()
+            if first is None:
+                return                       # qmgr changed its mind: close quietly
+            status, hop = self._handle(stream, first)
+            stream.send(dr.reply_attrs(status, hop))
+            # wait for qmgr to close, bounded by ipc_timeout
+            try:
+                stream.receive_or_eof()
+            except IpcError:
+                pass
+        except IpcError as exc:
+            self.log.warning("%s" % exc)
+        finally:
+            stream.close()
+
+    def _handle(self, stream: AttrStream, first: list):
+        try:
+            req, count = dr.parse_common(first)
+            for _ in range(count):
+                req.recipients.append(dr.parse_recipient(stream.receive()))
+        except (AttrError, IpcError) as exc:
+            self.log.warning("%s: malformed delivery request: %s -- deferring"
+                             % (stream.peer, exc))
+            return dr.STATUS_DEFER, None
+        if not req.stats.agent_handoff:
+            req.stats.agent_handoff = time.time()
+        if not req.nexthop:
+            self.log.warning("%s: empty nexthop hostname -- deferring" % req.queue_id)
+            return dr.STATUS_DEFER, None
+        try:
+            path = queue_path(req.queue_name, req.queue_id, self.s.hash_queue_names,
+                              self.s.hash_queue_depth)
+        except QueueNameError as exc:
+            self.log.warning("%s -- deferring" % exc)
+            return dr.STATUS_DEFER, None
+        trace_only = req.trace_only
+        qf = None
+        try:
+            qf = QueueFile.open(path)
+        except QueueFileMissing as exc:
+            self.log.warning("open %s %s: %s" % (req.queue_name, req.queue_id, exc))
+            return dr.STATUS_DEFER, None
+        except QueueFileFatal as exc:
+            self.log.warning("open %s %s: %s -- deferring" % (req.queue_name, req.queue_id, exc))
+            return dr.STATUS_DEFER, None
+        del trace_only
+        try:
+            reporter = Reporter(req, self.log, self.report_settings)
+            delivery = Delivery(req, qf, self.s, self.log, reporter, self.flags)
+            if self._flag_checks(req, delivery):
+                status = delivery.status
+            else:
+                status = delivery.run()
+            return (dr.STATUS_OK if status == 0 else dr.STATUS_DEFER), delivery.hop
+        except QueueFileFatal as exc:
+            self.log.warning("%s: %s -- deferring the rest of the request" % (req.queue_id, exc))
+            return dr.STATUS_DEFER, None
+        except Exception as exc:   # a bug must not lose mail: unmarked recipients stay queued
+            self.log.warning("%s: unexpected error: %s: %s -- deferring"
+                             % (req.queue_id, type(exc).__name__, exc))
+            return dr.STATUS_DEFER, None
+        finally:
+            qf.close()
+
+    def _flag_checks(self, req: dr.DeliveryRequest, delivery: Delivery) -> bool:
+        """flags=D/O need one recipient per request (stock: reject_deliver_request)."""
+        for letter in ("D", "O"):
+            if letter in self.flags and len(req.recipients) > 1:
+                self.log.warning("flag `%s' requires %s_destination_recipient_limit = 1"
+                                 % (letter, self.s.service_name))
+                delivery._bulk_fail(dr.Dsn(status="4.3.5",
+                                           reason="mail system configuration error"),
+                                    self.s.service_name, final=True, throttle=False)
+                return True
+        return False

@@ -1,0 +1,497 @@
+"""One delivery request, end to end: destinations, sessions, outcomes.
+
+This is smtp(8)'s smtp_connect()/smtp_xfer()/smtp_trouble() in one place.
+Recipients start "unfinished"; after each session every recipient is either
+finished (delivered, bounced, or deferred *and reported*) or kept for the
+next server.  Finishing always means: report first, then mark ``D`` in the
+queue file only when the report was recorded (and, for a delivery, only
+after the server's 2xx to end-of-data).  Anything unexpected ends in a
+deferral of the recipients still unfinished, never in a lost recipient.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from . import destinations
+from .ipc.delivery import (FLAG_SUCCESS, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER,
+                           NOTIFY_SUCCESS, SMTPUTF8_REQUESTED, DeliveryRequest, Dsn, Recipient)
+from .ipc.reports import Reporter
+from .log import Logger
+from .queue.file import CorruptContent, QueueFile
+from .settings import Settings
+from .smtp.address import quote_821, quote_822, xtext
+from .smtp.content import TextEncoder
+from .smtp.protocol import (STAGE_INFO, Features, Stage, Transaction, greeting_says_esmtp,
+                            parse_ehlo)
+from .smtp.reply import Reply
+from .smtp.session import Connection, ConnectError, Endpoint, SessionError, connect
+
+CONTENT_CHUNK = 65536
+
+
+@dataclass
+class Failure:
+    """The running error of the request (stock: the ``why`` DSN buffer)."""
+    status: str
+    reason: str
+    mta: str = ""
+    diag: str = ""
+
+
+class _SessionDone(Exception):
+    """Leave the current session (it failed or is finished)."""
+
+
+class Delivery:
+    def __init__(self, req: DeliveryRequest, qf: QueueFile | None, settings: Settings,
+                 log: Logger, reporter: Reporter, flags_letters: str = "") -> None:
+        self.req = req
+        self.qf = qf
+        self.s = settings
+        self.log = log
+        self.rep = reporter
+        self.flags_letters = flags_letters
+        self.todo: list[Recipient] = list(req.recipients)
+        self.status = 0
+        self.why: Failure | None = None
+        self.hop: Dsn | None = None
+        self.had_transaction = False
+        self.folded_logged = False
+        self._handled: set = set()     # ids of recipients finished or kept in this session
+        self._sessions = 0
+        self._last_was_fallback = False
+        self._final = False
+
+    # --- finishing recipients --------------------------------------------------
+    def _finish(self, rcpt: Recipient, relay: str, dsn: Dsn, soft: bool) -> int:
+        result = (self.rep.defer if soft else self.rep.bounce)(rcpt, relay, dsn)
+        if result == 0 and self.qf is not None:
+            self.qf.mark_done(rcpt.offset)
+        self.status |= result
+        return result
+
+    def _set_times_for_bulk(self) -> None:
+        st = self.req.stats
+        now = time.time()
+        if not st.conn_setup_done:
+            st.conn_setup_done = now
+        st.deliver_done = now
+
+    def _bulk_fail(self, dsn: Dsn, relay: str, final: bool, throttle: bool,
+                   rcpts: list[Recipient] | None = None) -> None:
+        """Message- or site-level failure for every unfinished recipient."""
+        soft = dsn.status.startswith("4")
+        soft_bounce_error = dsn.status.startswith("5") and self.s.soft_bounce
+        pool = self.todo if rcpts is None else rcpts
+        targets = [r for r in pool if id(r) not in self._handled and r in self.todo]
+        for r in targets:
+            self._handled.add(id(r))
+        self.why = Failure(dsn.status, dsn.reason, dsn.mta_mname, dsn.diag_text)
+        if (soft or soft_bounce_error) and not final:
+            self.log.info("%s: %s" % (self.req.queue_id, dsn.reason))
+            return
+        self._set_times_for_bulk()
+        for rcpt in targets:
+            self._finish(rcpt, relay, dsn, soft)
+            self.todo.remove(rcpt)
+        if throttle and (soft or soft_bounce_error) and self.hop is None and not self.had_transaction:
+            self.hop = Dsn(status=dsn.status if soft else "4" + dsn.status[1:],
+                           action="delayed", reason=dsn.reason)
+
+    def _rcpt_fail(self, rcpt: Recipient, dsn: Dsn, relay: str, final: bool) -> None:
+        soft = dsn.status.startswith("4")
+        soft_bounce_error = dsn.status.startswith("5") and self.s.soft_bounce
+        self._handled.add(id(rcpt))
+        if (soft or soft_bounce_error) and not final:
+            self.log.info("%s: %s" % (self.req.queue_id, dsn.reason))
+            self.why = Failure(dsn.status, dsn.reason)
+            return
+        self._finish(rcpt, relay, dsn, soft)
+        self.todo.remove(rcpt)
+
+    # --- the request ---------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            sites = destinations.split_list(self.req.nexthop)
+            nsites = len(sites)
+            if self.s.personality == "smtp":
+                sites += self.s.fallback_relay
+            for si, site in enumerate(sites):
+                if not self.todo:
+                    break
+                self._try_site(site, last_site=(si == len(sites) - 1),
+                               is_fallback=si >= nsites)
+            if self.todo:
+                self._final_failure(sites)
+        except destinations.DestinationSyntaxError as exc:
+            self.log.warning(str(exc))
+            self._bulk_fail(Dsn(status="4.3.5", reason="mail system configuration error"),
+                            self.s.service_name, final=True, throttle=False)
+        return self.status
+
+    def _final_failure(self, sites: list) -> None:
+        why = self.why or Failure("4.3.0", "server unavailable or unable to receive mail")
+        status = why.status
+        if status.startswith("5"):
+            nexthop_sites = destinations.split_list(self.req.nexthop)
+            if self._last_was_fallback:
+                self.log.warning("%s_fallback_relay configuration problem" % self.s.personality)
+                status = "4.3.5"
+            elif (self.s.personality == "smtp" and nexthop_sites
+                  and nexthop_sites[0] == self.s.relayhost):
+                self.log.warning("relayhost configuration problem")
+                status = "4.3.5"
+        dsn = Dsn(status=status, reason=why.reason, action="")
+        self._bulk_fail(dsn, "none", final=True, throttle=True)
+
+    def _try_site(self, site: str, last_site: bool, is_fallback: bool) -> None:
+        self._last_was_fallback = is_fallback
+        dest = destinations.parse_destination(site, self.s.tcp_port, self.s.known_tcp_ports)
+        try:
+            endpoints = destinations.resolve(dest, self.s.inet_protocols)
+        except destinations.LookupError_ as exc:
+            if self.why is None or not self.why.status.startswith("4"):
+                self.why = Failure(exc.status, exc.reason)
+            else:
+                self.why = Failure(self.why.status, exc.reason)
+            return
+        addr_limit = self.s.mx_address_limit
+        sess_limit = self.s.mx_session_limit
+        addr_count = sess_count = 0
+        for i, ep in enumerate(endpoints):
+            if not self.todo:
+                return
+            addr_count += 1
+            last_addr = (i == len(endpoints) - 1 or (addr_limit and addr_count >= addr_limit))
+            final = bool(last_site and last_addr)
+            sessions_before = self._sessions
+            self._try_server(ep, final, last_site, sess_limit, sess_count)
+            if self._sessions > sessions_before:
+                sess_count += 1
+            if (addr_limit and addr_count >= addr_limit) or (sess_limit and sess_count >= sess_limit):
+                return
+
+    # --- one server -----------------------------------------------------------------
+    def _try_server(self, ep: Endpoint, final: bool, last_site: bool,
+                    sess_limit: int, sess_count: int) -> None:
+        s = self.s
+        bind = s.bind_address if ep.family == 2 else s.bind_address6
+        try:
+            sock = connect(ep, s.connect_timeout, bind or None)
+        except ConnectError as exc:
+            text = "connect to %s: %s" % (ep.namaddrport, exc.text)
+            self.log.info(text)
+            self.why = Failure("4.4.1", text)
+            return
+        conn = Connection(sock, ep, s.timeouts, utf8=s.smtputf8_enable,
+                          line_limit=s.reply_line_limit)
+        self._final = final
+        self._handled = set()
+        try:
+            try:
+                features = self._handshake(conn, ep)
+                self._sessions += 1
+                # the session limit may make this the last attempt of the last site
+                if last_site and sess_limit and sess_count + 1 >= sess_limit:
+                    self._final = True
+                self._transaction(conn, ep, features)
+            except SessionError as exc:
+                self._session_error(conn, exc)
+            except _SessionDone:
+                pass
+        finally:
+            conn.close()
+            self._handled = set()
+            st = self.req.stats
+            st.conn_setup_done = 0.0
+            st.deliver_done = 0.0
+            st.reuse_count = 0
+
+    def _relay(self, ep: Endpoint) -> str:
+        return ep.namaddrport
+
+    def _server_dsn(self, ep: Endpoint, reply: Reply, reason: str, status: str | None = None) -> Dsn:
+        return Dsn(status=status or reply.dsn, diag_type="smtp", diag_text=reply.flat,
+                   mta_type="dns", mta_mname=ep.host, reason=reason)
+
+    def _session_error(self, conn: Connection, exc: SessionError) -> None:
+        if exc.stage in (Stage.ABORT, Stage.QUIT):
+            return
+        ep = conn.ep
+        if exc.kind == "timeout":
+            reason = "conversation with %s timed out while %s" % (ep.namaddr, _where(exc.stage))
+        else:
+            reason = "lost connection with %s while %s" % (ep.namaddr, _where(exc.stage))
+        self._bulk_fail(Dsn(status="4.4.2", reason=reason), self._relay(ep), self._final,
+                        throttle=True)
+
+    def _quit(self, conn: Connection) -> None:
+        if conn.dead:
+            return
+        try:
+            conn.write(b"QUIT\r\n", Stage.QUIT)
+            if not self.s.skip_quit_response:
+                conn.read_reply(Stage.QUIT)
+        except SessionError:
+            pass
+
+    def _handshake(self, conn: Connection, ep: Endpoint):
+        s = self.s
+        greeting = conn.read_reply(Stage.GREETING)
+        if greeting.klass != 2:
+            dsn_status = greeting.dsn
+            if dsn_status.startswith("5") and s.skip_5xx_greeting and greeting.klass == 5:
+                dsn_status = "4" + dsn_status[1:]
+            self._bulk_fail(self._server_dsn(ep, greeting, "host %s refused to talk to me: %s"
+                                             % (ep.namaddr, greeting.flat), dsn_status),
+                            self._relay(ep), self._final, throttle=True)
+            self._quit(conn)
+            raise _SessionDone
+        if s.personality == "lmtp":
+            esmtp = True
+        else:
+            esmtp = greeting_says_esmtp(greeting) or s.always_send_ehlo
+            if s.never_send_ehlo:
+                esmtp = False
+        hello = s.helo_name.encode("utf-8", "surrogateescape")
+        if esmtp:
+            stage = Stage.LHLO if s.personality == "lmtp" else Stage.EHLO
+            verb = b"LHLO " if s.personality == "lmtp" else b"EHLO "
+            conn.write(verb + hello + b"\r\n", stage)
+            reply = conn.read_reply(stage)
+            if reply.klass == 2:
+                return parse_ehlo(reply, s.discard_ehlo_keywords)
+            if reply.code == 421 or s.personality == "lmtp":
+                self._bulk_fail(self._server_dsn(ep, reply, "host %s refused to talk to me: %s"
+                                                 % (ep.namaddr, reply.flat)),
+                                self._relay(ep), self._final, throttle=True)
+                self._quit(conn)
+                raise _SessionDone
+        conn.write(b"HELO " + hello + b"\r\n", Stage.HELO)
+        reply = conn.read_reply(Stage.HELO)
+        if reply.klass != 2:
+            self._bulk_fail(self._server_dsn(ep, reply, "host %s refused to talk to me: %s"
+                                             % (ep.namaddr, reply.flat)),
+                            self._relay(ep), self._final, throttle=True)
+            self._quit(conn)
+            raise _SessionDone
+        return Features(esmtp=False)
+
+    # --- the transaction ---------------------------------------------------------------
+    def _mail_command(self, f: Features) -> bytes:
+        req, s = self.req, self.s
+        sender = quote_821(req.sender) if s.quote_rfc821_envelope else req.sender
+        cmd = "MAIL FROM:<%s>" % sender
+        downgrade_possible = (not f.eightbitmime and not s.disable_mime_output_conversion
+                              and req.encoding != "7bit")
+        if f.size and not downgrade_possible:
+            cmd += " SIZE=%d" % req.data_size
+        if f.eightbitmime:
+            if req.encoding == "8bit":
+                cmd += " BODY=8BITMIME"
+            elif req.encoding == "7bit":
+                cmd += " BODY=7BIT"
+            elif req.encoding:
+                self.log.warning("%s: unknown content encoding: %s" % (req.queue_id, req.encoding))
+        if f.dsn:
+            if req.envelope_id:
+                cmd += " ENVID=" + xtext(req.envelope_id, b"=")
+            if req.ret_flags == 1:
+                cmd += " RET=FULL"
+            elif req.ret_flags == 2:
+                cmd += " RET=HDRS"
+        if f.smtputf8 and req.smtputf8 & SMTPUTF8_REQUESTED:
+            cmd += " SMTPUTF8"
+        return cmd.encode("utf-8", "surrogateescape") + b"\r\n"
+
+    def _rcpt_command(self, f: Features, rcpt: Recipient) -> bytes:
+        s = self.s
+        addr = quote_821(rcpt.address) if s.quote_rfc821_envelope else rcpt.address
+        cmd = "RCPT TO:<%s>" % addr
+        if f.dsn:
+            if rcpt.dsn_orig_rcpt:
+                cmd += " ORCPT=" + xtext(rcpt.dsn_orig_rcpt, b"=")
+            elif rcpt.original:
+                cmd += " ORCPT=" + xtext("rfc822;" + quote_822(rcpt.original), b"=")
+            if rcpt.notify_flags:
+                names = [n for bit, n in ((NOTIFY_NEVER, "NEVER"), (NOTIFY_SUCCESS, "SUCCESS"),
+                                          (NOTIFY_FAILURE, "FAILURE"), (NOTIFY_DELAY, "DELAY"))
+                         if rcpt.notify_flags & bit]
+                cmd += " NOTIFY=" + ",".join(names)
+        return cmd.encode("utf-8", "surrogateescape") + b"\r\n"
+
+    def _transaction(self, conn: Connection, ep: Endpoint, f: Features) -> None:
+        req, s = self.req, self.s
+        relay = self._relay(ep)
+        if (req.smtputf8 & SMTPUTF8_REQUESTED) and (req.smtputf8 & 14) and not f.smtputf8:
+            self._bulk_fail(Dsn(status="5.6.7", reason="SMTPUTF8 is required, but was not "
+                                "offered by host %s" % ep.namaddr), relay, self._final, throttle=False)
+            self._quit(conn)
+            return
+        if f.size and f.size_limit and req.data_size > f.size_limit:
+            self._bulk_fail(Dsn(status="5.3.4", reason="message size %d exceeds size limit %d of "
+                                "server %s" % (req.data_size, f.size_limit, ep.namaddr)),
+                            relay, self._final, throttle=False)
+            self._quit(conn)
+            return
+        rcpts = [r for r in self.todo if id(r) not in self._handled]
+        probe = req.trace_only
+        send_data = not (probe and s.address_verify_target != "data")
+        tx = Transaction(self._mail_command(f), [self._rcpt_command(f, r) for r in rcpts],
+                         pipelining=f.pipelining, send_data=send_data, send_quit=True,
+                         await_quit=not s.skip_quit_response)
+        req.stats.conn_setup_done = time.time()
+        self.had_transaction = True
+        while True:
+            for c in tx.commands():
+                conn.queue(c.data)
+            if tx.wants_content:
+                if not self._send_content(conn, ep, tx, rcpts, f):
+                    return
+                for c in tx.content_sent():
+                    conn.queue(c.data)
+                continue
+            if not tx.awaiting:
+                break
+            stage = tx.awaiting[0].stage
+            try:
+                reply = conn.read_reply(stage)
+            except SessionError as exc:
+                if exc.stage in (Stage.ABORT, Stage.QUIT):
+                    return
+                raise
+            if stage == Stage.DOT:
+                req.stats.deliver_done = time.time()
+            index = tx.awaiting[0].index
+            tx.on_reply(reply)
+            self._on_reply(tx, stage, index, reply, rcpts, ep, f)
+            if stage == Stage.DATA and probe and reply.klass == 3 and tx.accepted:
+                return      # probe target "data": success at 354, drop the session
+        try:
+            conn.flush(Stage.QUIT)
+        except SessionError:
+            pass
+
+    def _on_reply(self, tx: Transaction, stage: Stage, index: int, reply: Reply,
+                  rcpts: list, ep: Endpoint, f: Features) -> None:
+        """The receiver: classify each reply as it arrives (smtp_loop's recv side)."""
+        relay = self._relay(ep)
+        final = self._final
+        mail_ok = tx.mail_reply is not None and tx.mail_reply.klass == 2
+        if stage == Stage.MAIL and not mail_ok:
+            self._bulk_fail(self._server_dsn(ep, reply, "host %s said: %s (in reply to MAIL FROM "
+                                             "command)" % (ep.namaddr, reply.flat)),
+                            relay, final, throttle=False, rcpts=rcpts)
+        elif stage == Stage.RCPT and mail_ok:
+            rcpt = rcpts[index]
+            if reply.klass != 2:
+                self._rcpt_fail(rcpt, self._server_dsn(
+                    ep, reply, "host %s said: %s (in reply to RCPT TO command)"
+                    % (ep.namaddr, reply.flat)), relay, final)
+            elif self.req.trace_only and not tx.send_data:
+                self._success(rcpt, ep, reply, f, action="deliverable")
+        elif stage == Stage.DATA and tx.accepted and mail_ok:
+            accepted = self._unhandled(rcpts, tx.accepted)
+            if reply.klass != 3:
+                self._bulk_fail(self._server_dsn(ep, reply, "host %s said: %s (in reply to DATA "
+                                                 "command)" % (ep.namaddr, reply.flat)),
+                                relay, final, throttle=False, rcpts=accepted)
+            elif self.req.trace_only:
+                for rcpt in accepted:
+                    self._success(rcpt, ep, reply, f, action="deliverable", status="2.0.0")
+        elif stage == Stage.DOT and tx.accepted and mail_ok:
+            accepted = self._unhandled(rcpts, tx.accepted)
+            if reply.klass == 2:
+                for rcpt in accepted:
+                    self._success(rcpt, ep, reply, f)
+            else:
+                status = reply.dsn
+                reason = "host %s said: %s (in reply to end of DATA command)" % (ep.namaddr,
+                                                                                reply.flat)
+                self._bulk_fail(self._server_dsn(ep, reply, reason, status), relay, final,
+                                throttle=False, rcpts=accepted)
+
+    def _unhandled(self, rcpts: list, indexes: list) -> list:
+        return [rcpts[i] for i in indexes if id(rcpts[i]) not in self._handled]
+
+    def _success(self, rcpt: Recipient, ep: Endpoint, reply: Reply, f: Features,
+                 action: str = "relayed", status: str | None = None) -> None:
+        dsn = Dsn(status=status or reply.dsn, diag_type="smtp", diag_text=reply.flat,
+                  mta_type="dns", mta_mname=ep.host, action=action, reason=reply.flat)
+        if f.dsn:
+            rcpt.notify_flags &= ~NOTIFY_SUCCESS     # the server now owns success notices
+        result = self.rep.sent(rcpt, self._relay(ep), dsn)
+        if result == 0 and self.qf is not None and (
+                self.req.flags & FLAG_SUCCESS or self.req.trace_only):
+            self.qf.mark_done(rcpt.offset)
+        self.status |= result
+        self._handled.add(id(rcpt))
+        self.todo.remove(rcpt)
+
+    # --- content -------------------------------------------------------------------
+    def _send_content(self, conn: Connection, ep: Endpoint, tx: Transaction,
+                      rcpts: list, f: Features) -> bool:
+        """Stream the message after the 354; False when the session ended here."""
+        enc = TextEncoder(self.s.line_length_limit)
+        req = self.req
+        try:
+            for text in self._prepended_headers():
+                enc.record(text, True)
+            for line in self.qf.content(req.data_offset):
+                enc.record(line.text, line.complete)
+                if len(enc.out) >= CONTENT_CHUNK:
+                    conn.write(enc.take(), Stage.BODY)
+            enc.finish()
+            conn.queue(enc.take())
+        except CorruptContent as exc:
+            if exc.detail:
+                self.log.warning(exc.detail)
+            self.log.warning("%s: bad record type: %d in message content"
+                             % (req.queue_id, exc.record_type))
+            clean = self.status == 0
+            self._bulk_fail(Dsn(status="5.3.0", reason="unreadable mail queue entry"),
+                            self._relay(ep), True, throttle=False)
+            if clean and self.status == 0:
+                self.log.warning("corrupted queue file: %s" % self.qf.path)
+                try:
+                    self.qf.mark_corrupt()
+                except OSError as e:
+                    self.log.warning("mark queue file %s corrupt: %s" % (self.qf.path, e))
+            conn.close()            # no '.', no QUIT: the server must discard the message
+            return False
+        except SessionError as exc:
+            # The server may have replied (5xx) and closed: use that reply if there is one.
+            conn.out.clear()
+            try:
+                reply = conn.read_reply(Stage.DOT)
+            except SessionError:
+                raise exc from None
+            req.stats.deliver_done = time.time()
+            tx.awaiting.clear()
+            tx.dot_reply = reply
+            self._on_reply(tx, Stage.DOT, -1, reply, rcpts, ep, f)
+            return False
+        if enc.folded and not self.folded_logged:
+            self.folded_logged = True
+            self.log.info("%s: breaking line > %d bytes with <CR><LF>SPACE"
+                          % (req.queue_id, self.s.line_length_limit))
+        return True
+
+    def _prepended_headers(self) -> list:
+        out = []
+        req = self.req
+        letters = self.flags_letters
+        if "R" in letters:
+            out.append("Return-Path: <%s>" % quote_822(req.sender))
+        if "O" in letters and self.todo:
+            r = self.todo[0]
+            out.append("X-Original-To: %s" % quote_822(r.original or r.address))
+        if "D" in letters and self.todo:
+            out.append("Delivered-To: %s" % quote_822(self.todo[0].address))
+        return [h.encode("utf-8", "surrogateescape") for h in out]
+
+
+def _where(stage: Stage) -> str:
+    return STAGE_INFO[stage][1]

@@ -1,0 +1,192 @@
+"""Recording per-recipient outcomes: bounce(8), defer(8), trace(8), verify(8).
+
+These are the agent-side halves of Postfix's bounce_append(),
+defer_append(), sent() and verify_append(): each decides which service
+records the outcome, sends the APPEND (or verify update) request, writes the
+stock per-recipient log line, and returns 0 when the outcome is durably
+recorded (the recipient may then be marked done) or -1 when it is not (the
+recipient stays in the queue file and the request is answered "defer").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from ..log import Logger, recipient_line
+from .delivery import (FLAG_MTA_VRFY, FLAG_RECORD, FLAG_REC_DLY_SENT, FLAG_USR_VRFY,
+                       NOTIFY_DELAY, NOTIFY_SUCCESS, DeliveryRequest, Dsn, Recipient)
+from .stream import AttrStream, IpcError
+
+BOUNCE_PROTOCOL = "delivery_status_protocol"
+VERIFY_PROTOCOL = "address_verification_prrotocol"   # sic: Postfix's spelling
+APPEND = 0
+
+_DSN_CODE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+
+VRFY_DELIVERABLE, VRFY_UNDELIVERABLE_SOFT, VRFY_UNDELIVERABLE = 0, 1, 2
+
+
+@dataclass
+class ReportSettings:
+    bounce_service: str = "bounce"
+    defer_service: str = "defer"
+    trace_service: str = "trace"
+    verify_service: str = "verify"
+    ipc_timeout: float = 3600.0
+    soft_bounce: bool = False
+    delay_resolution: int = 2
+    external_log_format: bool = True
+    verify_negative_cache: bool = True
+
+
+class Reporter:
+    def __init__(self, req: DeliveryRequest, log: Logger, settings: ReportSettings) -> None:
+        self.req = req
+        self.log = log
+        self.s = settings
+
+    # --- transport ---------------------------------------------------------
+    def _append(self, service: str, rcpt: Recipient, dsn: Dsn) -> int:
+        path = "private/" + service
+        try:
+            stream = AttrStream.connect_unix(path, self.s.ipc_timeout)
+        except IpcError as exc:
+            self.log.warning(str(exc))
+            return -1
+        try:
+            stream.expect_protocol(BOUNCE_PROTOCOL)
+            stream.send([("nrequest", APPEND), ("flags", self.req.trace_flags),
+                         ("queue_id", self.req.queue_id)] + rcpt.attrs() + dsn.attrs())
+            reply = stream.receive()
+            if len(reply) != 1 or reply[0][0] != "status":
+                raise IpcError("malformed reply from %s" % path)
+            return 0 if reply[0][1] == "0" else -1
+        except IpcError as exc:
+            self.log.warning("%s service: %s" % (service, exc))
+            return -1
+        finally:
+            stream.close()
+
+    def _verify_update(self, address: str, status: int, reason: str) -> int:
+        path = "private/" + self.s.verify_service
+        try:
+            stream = AttrStream.connect_unix(path, self.s.ipc_timeout)
+        except IpcError as exc:
+            self.log.warning(str(exc))
+            return -1
+        try:
+            stream.expect_protocol(VERIFY_PROTOCOL)
+            stream.send([("request", "update"), ("address", address),
+                         ("recipient_status", status), ("reason", reason)])
+            reply = stream.receive()
+            return 0 if reply == [("status", "0")] else -1
+        except IpcError as exc:
+            self.log.warning("verify service: %s" % exc)
+            return -1
+        finally:
+            stream.close()
+
+    def _logline(self, rcpt: Recipient, relay: str, dsn: Dsn, word: str) -> None:
+        self.log.info(recipient_line(
+            self.req.queue_id, rcpt.address, rcpt.original, relay, self.req.stats,
+            dsn.status, word, dsn.reason, self.s.delay_resolution, self.s.external_log_format))
+
+    # --- verify / trace helpers ------------------------------------------------
+    def _verify(self, rcpt: Recipient, relay: str, dsn: Dsn, status: int, word: str) -> int:
+        if status != VRFY_DELIVERABLE and not self.s.verify_negative_cache:
+            self._logline(rcpt, relay, dsn, "undeliverable-but-not-cached")
+            return 0
+        result = 0
+        if rcpt.original:
+            result = self._verify_update(rcpt.original, status, dsn.reason)
+        if result == 0 and rcpt.address != rcpt.original:
+            result = self._verify_update(rcpt.address, status, dsn.reason)
+        if result == 0:
+            self._logline(rcpt, relay, dsn, word)
+        return result
+
+    def _trace(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
+        reason = dsn.reason if relay == "none" else "delivery via %s: %s" % (relay, dsn.reason)
+        return self._append(self.s.trace_service, rcpt, replace(dsn, reason=reason))
+
+    # --- the three outcomes ----------------------------------------------------
+    def sent(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
+        if not _DSN_CODE.match(dsn.status) or dsn.status[0] != "2":
+            self.log.warning('sent: ignoring dsn code "%s"' % dsn.status)
+            dsn = replace(dsn, status="2.0.0")
+        flags = self.req.flags
+        if flags & FLAG_MTA_VRFY:
+            return self._verify(rcpt, relay, replace(dsn, action="deliverable"),
+                                VRFY_DELIVERABLE, "deliverable")
+        if flags & FLAG_USR_VRFY:
+            d = replace(dsn, action="deliverable")
+            result = self._trace(rcpt, relay, d)
+            if result == 0:
+                self._logline(rcpt, relay, d, "deliverable")
+            return result
+        if not dsn.action:
+            dsn = replace(dsn, action="delivered")
+        status = 0
+        if (flags & FLAG_RECORD) or ((flags & FLAG_REC_DLY_SENT) and (
+                rcpt.notify_flags == 0 or rcpt.notify_flags & NOTIFY_DELAY)):
+            status |= self._trace(rcpt, relay, dsn)
+        if rcpt.notify_flags & NOTIFY_SUCCESS:
+            status |= self._trace(rcpt, relay, dsn)
+        if status == 0:
+            self._logline(rcpt, relay, dsn, "sent")
+            return 0
+        return self.defer(rcpt, relay, Dsn(status="4.3.0", action="delayed",
+                                           reason="%s: trace service failed" % self.req.queue_id))
+
+    def bounce(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
+        if not _DSN_CODE.match(dsn.status) or dsn.status[0] != "5":
+            self.log.warning('bounce_append: ignoring dsn code "%s"' % dsn.status)
+            dsn = replace(dsn, status="5.0.0")
+        flags = self.req.flags
+        if flags & FLAG_MTA_VRFY:
+            return self._verify(rcpt, relay, replace(dsn, action="undeliverable"),
+                                VRFY_UNDELIVERABLE, "undeliverable")
+        if flags & FLAG_USR_VRFY:
+            d = replace(dsn, action="undeliverable")
+            result = self._trace(rcpt, relay, d)
+            if result == 0:
+                self._logline(rcpt, relay, d, "undeliverable")
+            return result
+        if self.s.soft_bounce:
+            d = replace(dsn, status="4" + dsn.status[1:], action="delayed")
+            if self._append(self.s.defer_service, rcpt, d) != 0:
+                self.log.warning("%s: defer service failure" % self.req.queue_id)
+            self._logline(rcpt, relay, d, "SOFTBOUNCE")
+            return -1
+        d = replace(dsn, action="failed")
+        status = self._append(self.s.bounce_service, rcpt, d)
+        if status == 0 and flags & FLAG_RECORD:
+            status = self._trace(rcpt, relay, d)
+        if status == 0:
+            self._logline(rcpt, relay, d, "bounced")
+            return 0
+        return self.defer(rcpt, relay, Dsn(status="4.3.0", action="delayed",
+                                           reason="bounce or trace service failure"))
+
+    def defer(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
+        if not _DSN_CODE.match(dsn.status) or dsn.status[0] != "4":
+            self.log.warning('defer_append: ignoring dsn code "%s"' % dsn.status)
+            dsn = replace(dsn, status="4.0.0")
+        flags = self.req.flags
+        if flags & FLAG_MTA_VRFY:
+            return self._verify(rcpt, relay, replace(dsn, action="undeliverable"),
+                                VRFY_UNDELIVERABLE_SOFT, "undeliverable")
+        if flags & FLAG_USR_VRFY:
+            d = replace(dsn, action="undeliverable")
+            result = self._trace(rcpt, relay, d)
+            if result == 0:
+                self._logline(rcpt, relay, d, "undeliverable")
+            return result
+        d = replace(dsn, action="delayed")
+        if self._append(self.s.defer_service, rcpt, d) != 0:
+            self.log.warning("%s: defer service failure" % self.req.queue_id)
+        self._logline(rcpt, relay, d, "deferred")
+        if flags & FLAG_RECORD:
+            self._trace(rcpt, relay, d)
+        return -1

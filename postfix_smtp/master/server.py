@@ -1,0 +1,205 @@
+"""The master(8) child: start-up, privilege drop, and the single-server loop.
+
+master(8) hands us fd 5 (status socket), fd 6 (the non-blocking listen
+socket ``private/<service>``) and ``GENERATION`` (octal).  We tell master
+"taken" after each accept() and "available" once the connection is done
+(12 bytes: pid, generation, status), serve one delivery request per
+connection, and exit after ``max_use`` connections, ``max_idle`` seconds
+without one, or when master closes the status socket.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+from . import options as opts_mod
+
+STATUS_FD = 5
+LISTEN_FD = 6
+STAT_TAKEN = 0
+STAT_AVAIL = 1
+
+
+def _status(generation: int, avail: int) -> bytes:
+    return struct.pack("=iIi", os.getpid(), generation & 0xFFFFFFFF, avail)
+
+
+def _personality(argv0: str) -> str:
+    from ..install import PERSONALITY_ENV
+    env = os.environ.get(PERSONALITY_ENV)
+    if env in ("smtp", "lmtp"):
+        return env
+    base = os.path.basename(argv0)
+    return "lmtp" if base == "lmtp" else "smtp"
+
+
+def main(argv: list | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    personality = _personality(argv[0] if argv else "smtp")
+    from ..log import Logger
+    # bootstrap logging (before main.cf): postlogd if master says so, else syslog
+    tag = os.environ.get("MAIL_LOGTAG") or "postfix"
+    log = Logger("%s/%s" % (tag, personality), postlog_path=os.environ.get("POSTLOG_SERVICE"),
+                 hostname=os.environ.get("POSTLOG_HOSTNAME", ""),
+                 also_stderr="-V" in argv[1:])
+    try:
+        return _run(argv, personality, log)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # log clearly, then exit like msg_fatal()
+        log.fatal("%s: %s" % (type(exc).__name__, exc))
+        return 1
+
+
+def _run(argv: list, personality: str, log) -> int:
+    try:
+        o = opts_mod.parse(argv[1:])
+    except opts_mod.UsageError as exc:
+        log.fatal(str(exc))
+        return 1
+    if o.stderr_log:
+        log.also_stderr = True
+    from ..config.params import ConfigError, Params
+    from ..settings import Settings
+    service = o.service_name or personality
+    try:
+        params = Params.load(os.environ.get("MAIL_CONFIG"), o.overrides,
+                             process_name=personality, service_name=service, prefix=personality)
+        settings = Settings.from_params(params, personality)
+    except ConfigError as exc:
+        log.fatal(str(exc))
+        return 1
+    log.verbose = o.verbose + (1 if "MAIL_VERBOSE" in os.environ else 0)
+    syslog_name = params.get("syslog_name") or "postfix"
+    postlog = None
+    if params.get("maillog_file"):
+        postlog = os.environ.get("POSTLOG_SERVICE") or os.path.join(
+            settings.queue_directory, "public", params.get("postlog_service_name") or "postlog")
+    log.reopen(ident="%s/%s" % (syslog_name, personality), postlog_path=postlog,
+               facility=params.get("syslog_facility"))
+    for w in settings.warnings:
+        log.warning(w)
+    if o.max_use is not None:
+        settings.max_use = int(o.max_use)
+    if o.max_idle is not None:
+        settings.max_idle = float(o.max_idle)
+
+    from ..agent import Agent
+    agent = Agent(settings, log, o.flags)
+
+    if o.stdio:       # -S: one request on stdin/stdout (for testing by hand)
+        os.chdir(settings.queue_directory)
+        sock = socket.socket(fileno=os.dup(0))
+        agent.serve(sock)
+        return 0
+
+    if not o.debug_tty and os.isatty(0):
+        log.fatal("do not run this command by hand")
+        return 1
+    gen_text = os.environ.get("GENERATION", "0")
+    try:
+        generation = int(gen_text, 8)
+    except ValueError:
+        log.fatal("bad generation: %s" % gen_text)
+        return 1
+    try:
+        os.chdir(settings.queue_directory)
+    except OSError as exc:
+        log.fatal("chdir(\"%s\"): %s" % (settings.queue_directory, exc.strerror))
+        return 1
+    for fd in (STATUS_FD, LISTEN_FD):
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            log.fatal("file descriptor %d not open: this program must be run by master(8)" % fd)
+            return 1
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if os.geteuid() == 0 and (o.unprivileged or o.chroot):
+        _drop_privileges(settings, o, log)
+    return _loop(agent, settings, generation, log)
+
+
+def _drop_privileges(settings, o, log) -> None:
+    if o.chroot:
+        # everything the delivery path needs must be loaded before the jail
+        import encodings.idna  # noqa: F401  (socket host name encoding)
+        from .. import delivery  # noqa: F401
+    try:
+        pw = pwd.getpwnam(settings.mail_owner)
+    except KeyError:
+        raise RuntimeError("unknown mail_owner: %s" % settings.mail_owner) from None
+    if o.unprivileged:
+        os.setgid(pw.pw_gid)
+        os.initgroups(settings.mail_owner, pw.pw_gid)
+    if o.chroot:
+        os.chroot(settings.queue_directory)
+        os.chdir("/")
+    if o.unprivileged:
+        os.setuid(pw.pw_uid)
+
+
+def _loop(agent, settings, generation: int, log) -> int:
+    listen = socket.socket(fileno=LISTEN_FD)
+    listen.setblocking(False)
+    max_use = settings.max_use
+    max_idle = settings.max_idle
+    daemon_timeout = int(settings.daemon_timeout) or 0
+    use_count = 0
+    idle_deadline = time.monotonic() + max_idle if max_idle > 0 else None
+    poller = select.poll()
+    poller.register(LISTEN_FD, select.POLLIN)
+    poller.register(STATUS_FD, select.POLLIN)
+    while max_use <= 0 or use_count < max_use:
+        if idle_deadline is not None:
+            left = idle_deadline - time.monotonic()
+            if left <= 0:
+                return 0
+            timeout_ms = int(left * 1000) + 1
+        else:
+            timeout_ms = None
+        try:
+            events = poller.poll(timeout_ms)
+        except InterruptedError:
+            continue
+        if not events:
+            continue
+        if any(fd == STATUS_FD for fd, _ in events):
+            return 0                      # master closed the status channel
+        try:
+            conn, _ = listen.accept()
+        except (BlockingIOError, InterruptedError):
+            continue                      # another process won the race
+        except OSError as exc:
+            log.warning("accept connection: %s" % exc.strerror)
+            continue
+        try:
+            os.write(STATUS_FD, _status(generation, STAT_TAKEN))
+        except OSError:
+            pass
+        conn.setblocking(True)
+        if daemon_timeout > 0:
+            signal.alarm(daemon_timeout)      # watchdog: default action terminates us
+        try:
+            agent.serve(conn)
+        finally:
+            conn.close()
+            if daemon_timeout > 0:
+                signal.alarm(0)
+        try:
+            os.write(STATUS_FD, _status(generation, STAT_AVAIL))
+        except OSError:
+            return 0
+        use_count += 1
+        if max_idle > 0:
+            idle_deadline = time.monotonic() + max_idle
+    return 0

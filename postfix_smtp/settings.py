@@ -1,0 +1,139 @@
+"""The typed, per-process settings the agent runs with.
+
+Built once from :class:`postfix_smtp.config.params.Params` (main.cf, the
+master.cf ``-o`` overrides and the 3.7 defaults) after option parsing, and
+passed down.  ``smtp_*`` names are read as ``lmtp_*`` for the lmtp
+personality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config.params import Params
+from .smtp.protocol import Stage
+
+_TIMEOUT_PARAMS = {
+    Stage.GREETING: "smtp_helo_timeout", Stage.EHLO: "smtp_helo_timeout",
+    Stage.HELO: "smtp_helo_timeout", Stage.LHLO: "smtp_helo_timeout",
+    Stage.XFORWARD1: "smtp_xforward_timeout", Stage.XFORWARD2: "smtp_xforward_timeout",
+    Stage.MAIL: "smtp_mail_timeout", Stage.RCPT: "smtp_rcpt_timeout",
+    Stage.DATA: "smtp_data_init_timeout", Stage.BODY: "smtp_data_xfer_timeout",
+    Stage.DOT: "smtp_data_done_timeout", Stage.ABORT: "smtp_rset_timeout",
+    Stage.QUIT: "smtp_quit_timeout",
+}
+
+#: Obsolete names from the seed manual page (Postfix 2.2) -> what 3.7 reads.
+OBSOLETE = {
+    "smtp_skip_4xx_greeting": None,
+    "smtp_connection_cache_reuse_limit": "smtp_connection_reuse_count_limit",
+    "smtp_tls_cipherlist": "smtp_tls_ciphers",
+}
+
+
+@dataclass
+class Settings:
+    personality: str
+    service_name: str
+    queue_directory: str
+    mail_owner: str
+    myhostname: str
+    helo_name: str
+    timeouts: dict
+    connect_timeout: float
+    ipc_timeout: float
+    daemon_timeout: float
+    max_use: int
+    max_idle: float
+    line_length_limit: int
+    reply_line_limit: int
+    always_send_ehlo: bool
+    never_send_ehlo: bool
+    skip_5xx_greeting: bool
+    skip_quit_response: bool
+    quote_rfc821_envelope: bool
+    discard_ehlo_keywords: frozenset
+    mx_address_limit: int
+    mx_session_limit: int
+    tcp_port: str
+    fallback_relay: list
+    known_tcp_ports: dict
+    soft_bounce: bool
+    disable_mime_output_conversion: bool
+    smtputf8_enable: bool
+    delay_resolution: int
+    info_log_external: bool
+    hash_queue_names: list
+    hash_queue_depth: int
+    inet_protocols: list
+    bind_address: str
+    bind_address6: str
+    address_verify_target: str
+    verify_negative_cache: bool
+    relayhost: str
+    service_names: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    @classmethod
+    def from_params(cls, p: Params, personality: str) -> "Settings":
+        warnings = []
+        for old, new in OBSOLETE.items():
+            if p.raw(old) is not None:
+                warnings.append("%s: obsolete parameter%s" % (
+                    old, "; use %s instead" % new if new else " (ignored since Postfix 2.1)"))
+        timeouts = {st: p.stime(name) for st, name in _TIMEOUT_PARAMS.items()}
+        known = {}
+        raw_known = p.get("known_tcp_ports")
+        for part in raw_known.replace("\n", " ").split(","):
+            names = [x.strip() for x in part.split("=")]
+            if len(names) >= 2 and names[-1].isdigit():
+                for n in names[:-1]:
+                    if n:
+                        known[n] = int(names[-1])
+        fallback = p.slist("smtp_fallback_relay")
+        return cls(
+            personality=personality,
+            service_name=p.get("service_name"),
+            queue_directory=p.get("queue_directory"),
+            mail_owner=p.get("mail_owner"),
+            myhostname=p.get("myhostname"),
+            helo_name=p.sget("smtp_helo_name"),
+            timeouts=timeouts,
+            connect_timeout=p.stime("smtp_connect_timeout"),
+            ipc_timeout=p.get_time("ipc_timeout"),
+            daemon_timeout=p.get_time("daemon_timeout"),
+            max_use=p.get_int("max_use"),
+            max_idle=p.get_time("max_idle"),
+            line_length_limit=p.sint("smtp_line_length_limit"),
+            reply_line_limit=p.get_int("line_length_limit"),
+            always_send_ehlo=p.sbool("smtp_always_send_ehlo") if personality == "smtp" else True,
+            never_send_ehlo=p.sbool("smtp_never_send_ehlo") if personality == "smtp" else False,
+            skip_5xx_greeting=p.sbool("smtp_skip_5xx_greeting"),
+            skip_quit_response=p.sbool("smtp_skip_quit_response"),
+            quote_rfc821_envelope=p.sbool("smtp_quote_rfc821_envelope"),
+            discard_ehlo_keywords=frozenset(k.upper() for k in p.slist("smtp_discard_ehlo_keywords")),
+            mx_address_limit=p.sint("smtp_mx_address_limit"),
+            mx_session_limit=p.sint("smtp_mx_session_limit"),
+            tcp_port=p.sget("smtp_tcp_port"),
+            fallback_relay=fallback,
+            known_tcp_ports=known,
+            soft_bounce=p.get_bool("soft_bounce"),
+            disable_mime_output_conversion=p.get_bool("disable_mime_output_conversion"),
+            smtputf8_enable=p.get_bool("smtputf8_enable"),
+            delay_resolution=p.get_int("delay_logging_resolution_limit"),
+            info_log_external=p.get("info_log_address_format").lower() != "internal",
+            hash_queue_names=p.get_list("hash_queue_names"),
+            hash_queue_depth=p.get_int("hash_queue_depth"),
+            inet_protocols=[x.lower() for x in p.get_list("inet_protocols")],
+            bind_address=p.sget("smtp_bind_address").strip("[]"),
+            bind_address6=p.sget("smtp_bind_address6").strip("[]"),
+            address_verify_target=p.sget("smtp_address_verify_target").lower(),
+            verify_negative_cache=p.get_bool("address_verify_negative_cache"),
+            relayhost=p.get("relayhost"),
+            service_names={
+                "bounce": p.get("bounce_service_name"), "defer": p.get("defer_service_name"),
+                "trace": p.get("trace_service_name"),
+                "verify": p.get("address_verify_service_name"),
+            },
+            warnings=warnings,
+        )
