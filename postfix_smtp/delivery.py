@@ -341,7 +341,7 @@ class Delivery:
         send_data = not (probe and s.address_verify_target != "data")
         tx = Transaction(self._mail_command(f), [self._rcpt_command(f, r) for r in rcpts],
                          pipelining=f.pipelining, send_data=send_data, send_quit=True,
-                         await_quit=not s.skip_quit_response)
+                         await_quit=not s.skip_quit_response, lmtp=s.personality == "lmtp")
         req.stats.conn_setup_done = time.time()
         self.had_transaction = True
         while True:
@@ -401,6 +401,16 @@ class Delivery:
             elif self.req.trace_only:
                 for rcpt in accepted:
                     self._success(rcpt, ep, reply, f, action="deliverable", status="2.0.0")
+        elif stage == Stage.DOT and index >= 0:           # LMTP: this recipient's reply
+            rcpt = rcpts[index]
+            if id(rcpt) in self._handled:
+                return
+            if reply.klass == 2:
+                self._success(rcpt, ep, reply, f)
+            else:
+                self._rcpt_fail(rcpt, self._server_dsn(
+                    ep, reply, "host %s said: %s (in reply to end of DATA command)"
+                    % (ep.namaddr, reply.flat)), relay, final)
         elif stage == Stage.DOT and tx.accepted and mail_ok:
             accepted = self._unhandled(rcpts, tx.accepted)
             if reply.klass == 2:
@@ -418,6 +428,8 @@ class Delivery:
 
     def _success(self, rcpt: Recipient, ep: Endpoint, reply: Reply, f: Features,
                  action: str = "relayed", status: str | None = None) -> None:
+        if action == "relayed" and "X" in self.flags_letters and not f.dsn:
+            action = "delivered"          # final delivery (flags=X) to a server without DSN
         dsn = Dsn(status=status or reply.dsn, diag_type="smtp", diag_text=reply.flat,
                   mta_type="dns", mta_mname=ep.host, action=action, reason=reply.flat)
         if f.dsn:

@@ -157,8 +157,9 @@ class Transaction:
 
     def __init__(self, mail: bytes, rcpts: list[bytes], pipelining: bool,
                  send_data: bool = True, send_quit: bool = True,
-                 await_quit: bool = False, xforward: tuple = ()) -> None:
+                 await_quit: bool = False, xforward: tuple = (), lmtp: bool = False) -> None:
         self.pipelining = pipelining
+        self.lmtp = lmtp
         self.send_quit = send_quit
         self.await_quit = await_quit
         self.send_data = send_data
@@ -176,17 +177,20 @@ class Transaction:
         self.rcpt_replies: dict = {}
         self.data_reply: Reply | None = None
         self.dot_reply: Reply | None = None
+        self.dot_replies: dict = {}       # LMTP: recipient index -> its end-of-data reply
         self.accepted: list = []
-        self.phase = "envelope"   # envelope -> content -> dot -> closing -> done
+        self.phase = "envelope"   # envelope -> [content] -> closing
         self.aborted = False
         self.sent_quit = False
-        self._queued: list = []
+        self._quit_pending = False
 
     # sender side
     def commands(self) -> list:
-        if self._queued:                     # decided by the receiver (QUIT after '.')
-            out, self._queued = self._queued, []
-            return out
+        if self.phase == "closing":
+            if self._quit_pending and not self.awaiting:   # lock-step: QUIT after the last reply
+                self._quit_pending = False
+                return self._quit()
+            return []
         if self.awaiting or self.phase != "envelope":
             return []
         if not self._todo:
@@ -226,31 +230,40 @@ class Transaction:
         return self._close([rset])
 
     def _close(self, cmds: list) -> list:
-        if self.send_quit:
-            quit_cmd = Command(Stage.QUIT, b"QUIT\r\n")
-            cmds.append(quit_cmd)
-            self.sent_quit = True
-            if self.await_quit:
-                self.awaiting.append(quit_cmd)
+        """Enter the closing phase; with PIPELINING the QUIT rides along with ``cmds``."""
         self.phase = "closing"
+        if self.send_quit:
+            if self.pipelining or not self.awaiting:
+                cmds.extend(self._quit())
+            else:
+                self._quit_pending = True
         return cmds
+
+    def _quit(self) -> list:
+        quit_cmd = Command(Stage.QUIT, b"QUIT\r\n")
+        self.sent_quit = True
+        if self.await_quit:
+            self.awaiting.append(quit_cmd)
+        return [quit_cmd]
 
     @property
     def wants_content(self) -> bool:
         return self.phase == "content"
 
     def content_sent(self) -> list:
-        """The message body went out; returns ``.`` (and QUIT with PIPELINING)."""
+        """The message body went out; returns ``.`` (and QUIT with PIPELINING).
+
+        LMTP servers answer ``.`` once per accepted recipient, in RCPT order."""
         dot = Command(Stage.DOT, b".\r\n")
-        self.awaiting.append(dot)
-        if self.pipelining:
-            return self._close([dot])
-        self.phase = "dot"
-        return [dot]
+        if self.lmtp:
+            self.awaiting.extend(Command(Stage.DOT, b"", i) for i in self.accepted)
+        else:
+            self.awaiting.append(dot)
+        return self._close([dot])
 
     @property
     def done(self) -> bool:
-        return self.phase == "closing" and not self.awaiting and not self._queued
+        return self.phase == "closing" and not self.awaiting and not self._quit_pending
 
     # receiver side
     def on_reply(self, reply: Reply) -> None:
@@ -268,6 +281,6 @@ class Transaction:
             self.data_reply = reply
         elif st == Stage.DOT:
             self.dot_reply = reply
-            if self.phase == "dot":
-                self._queued = self._close([])
+            if cmd.index >= 0:
+                self.dot_replies[cmd.index] = reply
         # ABORT and QUIT replies are read and ignored
