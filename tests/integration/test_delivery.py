@@ -267,10 +267,47 @@ def test_long_lines_folded_like_stock(tmp_base, agent_wrapper):
     assert any("breaking line > 998 bytes with <CR><LF>SPACE" in ln for ln in ours.all_log)
 
 
-def test_agent_runs_unprivileged_and_exits_after_max_use(tmp_base, agent_wrapper):
-    o = run_scenario(tmp_base, agent_wrapper, PeerScript(), smtp_args=["-o", "max_use=1"],
-                     recipients=[RCPT], main_cf={})
-    assert o.lines and "status=sent" in o.lines[0]
+def _agent_pids(config_dir: str) -> list:
+    from test_crash import agent_pids
+    return agent_pids(config_dir)
+
+
+def test_agent_drops_privileges_and_honours_max_use(tmp_base, agent_wrapper):
+    import pwd
+    postfix = pwd.getpwnam("postfix")
+    peer = SmtpPeer(PeerScript(delay={"dot": 1.5}), max_lifetime=60)
+    peer.start()
+    inst = PostfixInstance(tmp_base, relayhost=peer.address, agent=agent_wrapper,
+                           smtp_args=["-o", "max_use=1"], max_lifetime=120)
+    try:
+        inst.start()
+        inst.sendmail(MESSAGE, SENDER, [RCPT])
+        end = time.monotonic() + 10
+        pids = []
+        while not pids and time.monotonic() < end:
+            pids = _agent_pids(inst.config_dir)
+            time.sleep(0.05)
+        assert pids, "no agent process seen"
+        with open("/proc/%d/status" % pids[0]) as f:
+            ids = {ln.split(":")[0]: ln.split()[1:] for ln in f if ln.startswith(("Uid", "Gid"))}
+        assert ids["Uid"] == [str(postfix.pw_uid)] * 4
+        assert ids["Gid"] == [str(postfix.pw_gid)] * 4
+        assert os.readlink("/proc/%d/cwd" % pids[0]) == inst.queue_dir
+        inst.expect_log(r"status=sent", timeout=20)
+        # max_use=1: the process exits after its one request
+        end = time.monotonic() + 10
+        while os.path.exists("/proc/%d" % pids[0]) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not os.path.exists("/proc/%d/cmdline" % pids[0]) or not open(
+            "/proc/%d/cmdline" % pids[0], "rb").read()
+        for i in range(2):
+            inst.sendmail(MESSAGE, SENDER, ["n%d@dest.test.invalid" % i])
+        lines = inst.expect_log(r"postfix/smtp\[\d+\]: \w+: to=<.*status=sent", count=3, timeout=30)
+        assert len({re.search(r"smtp\[(\d+)\]", ln).group(1) for ln in lines}) == 3
+        assert not any("bad command startup" in ln for ln in inst.log_lines())
+    finally:
+        inst.stop()
+        peer.stop()
 
 
 def test_bad_parameter_gets_a_clear_fatal_line(tmp_base, agent_wrapper):
