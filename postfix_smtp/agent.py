@@ -38,7 +38,13 @@ class Agent:
         stream = AttrStream(sock, self.s.ipc_timeout, "private/" + self.s.service_name)
         try:
             stream.send([("protocol", dr.PROTOCOL)])
-            first = stream.receive_or_eof()
+            try:
+                first = stream.receive_or_eof()
+            except IpcError as exc:          # garbage, EOF inside a list: still answer (stock)
+                self.log.warning("%s: malformed delivery request: %s -- deferring"
+                                 % (stream.peer, exc))
+                stream.send(dr.reply_attrs(dr.STATUS_DEFER, None))
+                return
             if first is None:
                 return                       # qmgr changed its mind: close quietly
             status, hop = self._handle(stream, first)
@@ -73,8 +79,6 @@ class Agent:
         except QueueNameError as exc:
             self.log.warning("%s -- deferring" % exc)
             return dr.STATUS_DEFER, None
-        trace_only = req.trace_only
-        qf = None
         try:
             qf = QueueFile.open(path)
         except QueueFileMissing as exc:
@@ -83,7 +87,6 @@ class Agent:
         except QueueFileFatal as exc:
             self.log.warning("open %s %s: %s -- deferring" % (req.queue_name, req.queue_id, exc))
             return dr.STATUS_DEFER, None
-        del trace_only
         try:
             reporter = Reporter(req, self.log, self.report_settings)
             delivery = Delivery(req, qf, self.s, self.log, reporter, self.flags)
@@ -108,8 +111,8 @@ class Agent:
             if letter in self.flags and len(req.recipients) > 1:
                 self.log.warning("flag `%s' requires %s_destination_recipient_limit = 1"
                                  % (letter, self.s.service_name))
-                delivery._bulk_fail(dr.Dsn(status="4.3.5",
-                                           reason="mail system configuration error"),
-                                    self.s.service_name, final=True, throttle=False)
+                delivery.fail_all(dr.Dsn(status="4.3.5",
+                                         reason="mail system configuration error"),
+                                  relay=self.s.service_name)
                 return True
         return False

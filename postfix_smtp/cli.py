@@ -82,8 +82,8 @@ def cmd_install(a: argparse.Namespace) -> int:
                   "drops privileges and will fail; install into a venv outside /root "
                   "(e.g. /opt/postfix_smtp/venv)" % (bad, mail_owner), file=sys.stderr)
     target = os.path.join(daemon_dir, a.name)
-    Wrapper(python=python, personality=personality).write(target)
-    print("installed %s (exec %s -I -m postfix_smtp, personality %s)" % (target, python, personality))
+    Wrapper(python=python, personality=personality, pythonpath=a.pythonpath).write(target)
+    print("installed %s (exec %s -m postfix_smtp, personality %s)" % (target, python, personality))
     services = ("lmtp",) if personality == "lmtp" else ("smtp", "relay")
     if a.apply:
         for svc in services:
@@ -122,6 +122,7 @@ def main(argv: list | None = None) -> int:
     p.add_argument("--daemon-directory", help="override postconf's daemon_directory")
     p.add_argument("--python", help="interpreter to exec (default: this one)")
     p.add_argument("--personality", choices=("smtp", "lmtp"))
+    p.add_argument("--pythonpath", help="run from a source tree (development only)")
     p.add_argument("--apply", action="store_true", help="also update master.cf and postfix check")
     p.set_defaults(func=cmd_install)
     p = sub.add_parser("master-cf", help="print master.cf lines for the agent")

@@ -111,6 +111,10 @@ class Delivery:
         self._finish(rcpt, relay, dsn, soft)
         self.todo.remove(rcpt)
 
+    def fail_all(self, dsn: Dsn, relay: str) -> None:
+        """Finish every recipient with ``dsn`` (request-level rejections)."""
+        self._bulk_fail(dsn, relay, final=True, throttle=False)
+
     # --- the request ---------------------------------------------------------------
     def run(self) -> int:
         try:
@@ -127,8 +131,8 @@ class Delivery:
                 self._final_failure(sites)
         except destinations.DestinationSyntaxError as exc:
             self.log.warning(str(exc))
-            self._bulk_fail(Dsn(status="4.3.5", reason="mail system configuration error"),
-                            self.s.service_name, final=True, throttle=False)
+            self.fail_all(Dsn(status="4.3.5", reason="mail system configuration error"),
+                          self.s.service_name)
         return self.status
 
     def _final_failure(self, sites: list) -> None:
@@ -240,6 +244,17 @@ class Delivery:
     def _handshake(self, conn: Connection, ep: Endpoint):
         s = self.s
         greeting = conn.read_reply(Stage.GREETING)
+        features = self._hello(conn, ep, greeting)
+        if s.tls_level not in ("none", "may", "dane"):
+            # a policy that requires TLS must never fall back to plaintext
+            self._bulk_fail(Dsn(status="4.7.5", reason="TLS is required, but our TLS engine is "
+                                "unavailable"), self._relay(ep), self._final, throttle=True)
+            self._quit(conn)
+            raise _SessionDone
+        return features
+
+    def _hello(self, conn: Connection, ep: Endpoint, greeting: Reply) -> Features:
+        s = self.s
         if greeting.klass != 2:
             dsn_status = greeting.dsn
             if dsn_status.startswith("5") and s.skip_5xx_greeting and greeting.klass == 5:

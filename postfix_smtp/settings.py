@@ -26,8 +26,8 @@ _TIMEOUT_PARAMS = {
 #: Obsolete names from the seed manual page (Postfix 2.2) -> what 3.7 reads.
 OBSOLETE = {
     "smtp_skip_4xx_greeting": None,
-    "smtp_connection_cache_reuse_limit": "smtp_connection_reuse_count_limit",
-    "smtp_tls_cipherlist": "smtp_tls_ciphers",
+    "smtp_connection_cache_reuse_limit": "smtp_connection_reuse_time_limit",
+    "smtp_tls_cipherlist": "smtp_tls_mandatory_ciphers",
 }
 
 
@@ -71,6 +71,7 @@ class Settings:
     address_verify_target: str
     verify_negative_cache: bool
     relayhost: str
+    tls_level: str = "none"
     service_names: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
@@ -91,6 +92,29 @@ class Settings:
                     if n:
                         known[n] = int(names[-1])
         fallback = p.slist("smtp_fallback_relay")
+        tls_level = p.sget("smtp_tls_security_level").strip().lower()
+        if not tls_level:       # the obsolete controls decide (smtp-client.md 8.1)
+            if p.sbool("smtp_enforce_tls"):
+                tls_level = "verify" if p.sbool("smtp_tls_enforce_peername") else "encrypt"
+            elif p.sbool("smtp_use_tls"):
+                tls_level = "may"
+            else:
+                tls_level = "none"
+        if tls_level not in ("none", "may", "dane"):
+            warnings.append("smtp_tls_security_level = %s: TLS is not yet supported by "
+                            "postfix_smtp; mail that requires TLS is deferred" % tls_level)
+        elif tls_level != "none":
+            warnings.append("smtp_tls_security_level = %s: STARTTLS is not yet supported by "
+                            "postfix_smtp; sending in plaintext" % tls_level)
+        for name in ("smtp_tls_policy_maps", "smtp_tls_per_site", "smtp_sasl_password_maps",
+                     "smtp_generic_maps", "smtp_header_checks", "smtp_body_checks",
+                     "smtp_mime_header_checks", "smtp_nested_header_checks"):
+            if p.sget(name).strip():
+                warnings.append("%s is set but not yet supported by postfix_smtp; ignored"
+                                % p.p(name))
+        if p.sbool("smtp_sasl_auth_enable"):
+            warnings.append("%s = yes: SASL authentication is not yet supported by "
+                            "postfix_smtp" % p.p("smtp_sasl_auth_enable"))
         return cls(
             personality=personality,
             service_name=p.get("service_name"),
@@ -130,6 +154,7 @@ class Settings:
             address_verify_target=p.sget("smtp_address_verify_target").lower(),
             verify_negative_cache=p.get_bool("address_verify_negative_cache"),
             relayhost=p.get("relayhost"),
+            tls_level=tls_level,
             service_names={
                 "bounce": p.get("bounce_service_name"), "defer": p.get("defer_service_name"),
                 "trace": p.get("trace_service_name"),
