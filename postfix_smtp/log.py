@@ -30,7 +30,8 @@ LOG_CRIT, LOG_ERR, LOG_WARNING, LOG_INFO = 2, 3, 4, 6
 
 class Logger:
     def __init__(self, ident: str, facility: str = "mail", postlog_path: str | None = None,
-                 hostname: str = "", also_stderr: bool = False, utf8: bool = True) -> None:
+                 hostname: str = "", also_stderr: bool = False, utf8: bool = True,
+                 syslog_path: str = "/dev/log") -> None:
         self.ident = ident
         self.facility = FACILITIES.get(facility.lower(), 2)
         self.hostname = (hostname or socket.gethostname()).split(".", 1)[0]
@@ -39,12 +40,13 @@ class Logger:
         self.verbose = 0
         self.pid = os.getpid()
         self._postlog = postlog_path
+        self._syslog_path = syslog_path
         self._sock: socket.socket | None = None
         self._target: str | None = None
         self._open()
 
     def _open(self) -> None:
-        target = self._postlog or "/dev/log"
+        target = self._postlog or self._syslog_path
         try:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             s.connect(target)

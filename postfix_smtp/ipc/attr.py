@@ -91,6 +91,9 @@ class Decoder:
                                     % ("value" if self._name is not None else "name",
                                        self.max_token))
                 break
+            if end - self._pos > self.max_token:  # same limit when the NUL came in the same read
+                raise AttrError("attribute %s longer than %d bytes"
+                                % ("value" if self._name is not None else "name", self.max_token))
             token = bytes(buf[self._pos:end]).decode("utf-8", "surrogateescape")
             self._pos = end + 1
             if self._name is None:

@@ -39,10 +39,10 @@ class TextEncoder:
                 start += n
                 left -= n
                 self.space_left = limit
-                self.folded = True
                 if left > 0 or not complete:
                     out += b" "
                     self.space_left -= 1
+                    self.folded = True      # only a real break (stock logs it here)
             else:
                 out += text[start:start + left]
                 if complete:

@@ -125,10 +125,13 @@ def parse_ehlo(reply: Reply, discard: frozenset = frozenset()) -> Features:
 
 
 def greeting_says_esmtp(reply: Reply) -> bool:
-    """Stock: any word after the host name on a greeting line equals ESMTP."""
-    for line in reply.lines:
+    """Stock: any word after the host name in the greeting equals ESMTP.
+
+    Only the first line starts with the host name; on continuation lines
+    every word counts (smtp_proto.c tokenizes the whole reply text)."""
+    for n, line in enumerate(reply.lines):
         words = line[4:].split()
-        if any(w.upper() == "ESMTP" for w in words[1:]):
+        if any(w.upper() == "ESMTP" for w in (words[1:] if n == 0 else words)):
             return True
     return False
 
@@ -204,7 +207,8 @@ class Transaction:
         batch = [self._todo.popleft()]
         if self.pipelining:
             size = len(batch[0].data)
-            while self._todo and size + len(self._todo[0].data) + 2 <= PIPELINE_LIMIT:
+            # stock: strlen(cmd) + 2 (CRLF) + pending > 4096 -> flush; data already has CRLF
+            while self._todo and size + len(self._todo[0].data) <= PIPELINE_LIMIT:
                 size += len(self._todo[0].data)
                 batch.append(self._todo.popleft())
         self.awaiting.extend(batch)

@@ -30,6 +30,8 @@ class Reply:
     code: int
     lines: list[str]
     garbled: bool = False
+    #: the final line as read; ``lines`` may stop short of it (TEXT_LIMIT)
+    last_line: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def text(self) -> str:
@@ -52,7 +54,8 @@ class Reply:
         first = str(self.code)[:1]
         if first not in ("2", "4", "5") or not (200 <= self.code <= 599):
             return "5.5.0"
-        last = self.lines[-1] if self.lines else ""
+        last = self.last_line if self.last_line is not None else (
+            self.lines[-1] if self.lines else "")
         rest = last[4:].lstrip(" ") if len(last) > 3 else ""
         m = _DSN_RE.match(rest)
         if m and m.group(1) == first:
@@ -117,7 +120,7 @@ class ReplyParser:
             if len(line) > 3 and line[3] == "-":
                 return
             if len(line) == 3 or line[3] in " \t" or overlong:
-                self.replies.append(Reply(int(head), self._lines, self._garbled))
+                self.replies.append(Reply(int(head), self._lines, self._garbled, line))
                 self._lines = []
                 self._text_len = 0
                 self._garbled = False

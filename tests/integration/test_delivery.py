@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from dataclasses import dataclass
 
 import pytest
 
-from postfix_smtp.testing.instance import PostfixInstance
+from postfix_smtp.testing.instance import PostfixInstance, tool
 from postfix_smtp.testing.peer import PeerScript, SmtpPeer
 
 SENDER = "alice@src.test.invalid"
@@ -321,6 +322,28 @@ def test_bad_parameter_gets_a_clear_fatal_line(tmp_base, agent_wrapper):
         hits = inst.wait_log(r"postfix/smtp\[\d+\]: fatal: .*smtp_connect_timeout", timeout=20)
         assert hits, "\n".join(inst.log_lines()[-20:])
         assert inst.queue_ids()["active"] or inst.queue_ids()["incoming"] or inst.queue_ids()["deferred"]
+    finally:
+        inst.stop()
+        peer.stop()
+
+
+def test_chroot_service_delivers(tmp_base, agent_wrapper):
+    peer = SmtpPeer(PeerScript(rcpt_reply=lambda line: "550 5.1.1 no" if "gone@" in line
+                               else "250 2.1.5 Ok"), max_lifetime=60)
+    peer.start()
+    inst = PostfixInstance(tmp_base, relayhost=peer.address, agent=agent_wrapper, max_lifetime=120)
+    try:
+        inst.start()
+        subprocess.run([tool("postconf"), "-c", inst.config_dir, "-F", "smtp/unix/chroot=y"],
+                       check=True, timeout=30)
+        inst.reload()
+        time.sleep(1)
+        inst.sendmail(MESSAGE, SENDER, [RCPT, "gone@dest.test.invalid"])
+        inst.expect_log(r"postfix/smtp\[\d+\]: \w+: to=<bob@dest.*status=sent", timeout=30)
+        inst.expect_log(r"postfix/smtp\[\d+\]: \w+: to=<gone@dest.*status=bounced", timeout=30)
+        pids = _agent_pids(inst.config_dir)
+        assert pids and all(os.readlink("/proc/%d/root" % p) == inst.queue_dir for p in pids)
+        assert inst.wait_queue_empty(timeout=30)
     finally:
         inst.stop()
         peer.stop()
