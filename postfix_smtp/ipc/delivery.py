@@ -112,8 +112,10 @@ class Recipient:
     notify_flags: int
 
     def attrs(self) -> list[tuple[str, object]]:
+        # offset is a C long: -1 travels as 18446744073709551615, not as 32-bit
         return [("original_recipient", self.original), ("recipient", self.address),
-                ("offset", self.offset), ("dsn_orig_rcpt", self.dsn_orig_rcpt),
+                ("offset", str(self.offset & 0xFFFFFFFFFFFFFFFF)),
+                ("dsn_orig_rcpt", self.dsn_orig_rcpt),
                 ("notify_flags", self.notify_flags)]
 
 

@@ -347,3 +347,43 @@ def test_chroot_service_delivers(tmp_base, agent_wrapper):
     finally:
         inst.stop()
         peer.stop()
+
+
+def test_agent_exits_after_max_idle_and_when_master_goes_away(tmp_base, agent_wrapper):
+    peer = SmtpPeer(PeerScript(), max_lifetime=60)
+    peer.start()
+    inst = PostfixInstance(tmp_base, relayhost=peer.address, agent=agent_wrapper,
+                           smtp_args=["-o", "max_idle=2"], max_lifetime=120)
+    try:
+        inst.start()
+        inst.sendmail(MESSAGE, SENDER, [RCPT])
+        inst.expect_log(r"status=sent", timeout=30)
+        pids = _agent_pids(inst.config_dir)
+        assert pids
+        end = time.monotonic() + 8
+        while any(_alive(p) for p in pids) and time.monotonic() < end:
+            time.sleep(0.1)
+        gone = time.monotonic()
+        assert not any(_alive(p) for p in pids), "agent still alive after max_idle=2"
+        assert end - gone > 8 - 4.5          # it went within ~max_idle, not at the deadline
+        # a fresh, idle agent exits when master disappears
+        inst.sendmail(MESSAGE, SENDER, [RCPT])
+        inst.expect_log(r"status=sent", timeout=30, count=2)
+        pids = _agent_pids(inst.config_dir)
+        assert pids
+        os.kill(inst.master_pid, 9)
+        end = time.monotonic() + 5
+        while any(_alive(p) for p in pids) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in pids), "agent outlived master"
+    finally:
+        inst.stop()
+        peer.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
