@@ -12,7 +12,7 @@ deferral of the recipients still unfinished, never in a lost recipient.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import destinations
 from .ipc.delivery import (FLAG_SUCCESS, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER,
@@ -97,8 +97,7 @@ class Delivery:
             self._finish(rcpt, relay, dsn, soft)
             self.todo.remove(rcpt)
         if throttle and (soft or soft_bounce_error) and self.hop is None and not self.had_transaction:
-            self.hop = Dsn(status=dsn.status if soft else "4" + dsn.status[1:],
-                           action="delayed", reason=dsn.reason)
+            self.hop = replace(dsn, status=dsn.status if soft else "4" + dsn.status[1:])
 
     def _rcpt_fail(self, rcpt: Recipient, dsn: Dsn, relay: str, final: bool) -> None:
         soft = dsn.status.startswith("4")
