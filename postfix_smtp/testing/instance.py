@@ -462,7 +462,6 @@ class PostfixInstance:
         self.libexec_dir = os.path.join(self.base, "libexec")
         self.daemon_dir = self.libexec_dir if self.agent is not None else stock_daemon_dir()
         self._watchdog: Optional[subprocess.Popen] = None
-        self._started = False
 
     # -- paths and state ---------------------------------------------------
 
@@ -614,7 +613,6 @@ class PostfixInstance:
                 if attempt + 1 < attempts and "Address already in use" in log:
                     continue
                 raise
-        self._started = True
         self._start_watchdog()
 
     def _start_postfix(self) -> None:
@@ -685,7 +683,6 @@ class PostfixInstance:
             time.sleep(0.1)
         for pid in left:
             kill_pid(pid, grace=1)
-        self._started = False
 
     def __enter__(self) -> "PostfixInstance":
         self.start()
