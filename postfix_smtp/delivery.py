@@ -12,7 +12,7 @@ deferral of the recipients still unfinished, never in a lost recipient.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from . import destinations
 from .ipc.delivery import (FLAG_SUCCESS, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER,
@@ -23,8 +23,8 @@ from .queue.file import CorruptContent, QueueFile
 from .settings import Settings
 from .smtp.address import quote_821, quote_822, xtext
 from .smtp.content import TextEncoder
-from .smtp.protocol import (STAGE_INFO, Features, Stage, Transaction, greeting_says_esmtp,
-                            parse_ehlo)
+from .smtp.protocol import (EHLO_MASK_NAMES, IN_REPLY_TO, STAGE_INFO, Features, Stage, Transaction,
+                            greeting_says_esmtp, parse_ehlo)
 from .smtp.reply import Reply
 from .smtp.session import Connection, ConnectError, Endpoint, SessionError, connect
 
@@ -93,11 +93,12 @@ class Delivery:
             self.log.info("%s: %s" % (self.req.queue_id, dsn.reason))
             return
         self._set_times_for_bulk()
+        aggregate = 0
         for rcpt in targets:
-            self._finish(rcpt, relay, dsn, soft)
+            aggregate |= self._finish(rcpt, relay, dsn, soft)
             self.todo.remove(rcpt)
-        if throttle and (soft or soft_bounce_error) and self.hop is None and not self.had_transaction:
-            self.hop = replace(dsn, status=dsn.status if soft else "4" + dsn.status[1:])
+        if throttle and aggregate and self.hop is None and not self.had_transaction:
+            self.hop = dsn
 
     def _rcpt_fail(self, rcpt: Recipient, dsn: Dsn, relay: str, final: bool) -> None:
         soft = dsn.status.startswith("4")
@@ -216,7 +217,12 @@ class Delivery:
         return ep.namaddrport
 
     def _server_dsn(self, ep: Endpoint, reply: Reply, reason: str, status: str | None = None) -> Dsn:
-        return Dsn(status=status or reply.dsn, diag_type="smtp", diag_text=reply.flat,
+        """A failure caused by a server reply.  A reply that is not 4xx/5xx where a
+        failure is reported (say, 250 to DATA) is a protocol error: 5.5.0."""
+        status = status or reply.dsn
+        if status[:1] not in ("4", "5"):
+            status, reason = "5.5.0", "Protocol error: " + reason
+        return Dsn(status=status, diag_type="smtp", diag_text=reply.flat,
                    mta_type="dns", mta_mname=ep.host, reason=reason)
 
     def _session_error(self, conn: Connection, exc: SessionError) -> None:
@@ -252,46 +258,89 @@ class Delivery:
             raise _SessionDone
         return features
 
+    def _refused(self, conn: Connection, ep: Endpoint, reply: Reply, status: str | None = None):
+        """Site failure "host X refused to talk to me", QUIT, leave the session."""
+        self._bulk_fail(self._server_dsn(ep, reply, "host %s refused to talk to me: %s"
+                                         % (ep.namaddr, reply.flat), status),
+                        self._relay(ep), self._final, throttle=True)
+        self._quit(conn)
+        raise _SessionDone
+
     def _hello(self, conn: Connection, ep: Endpoint, greeting: Reply) -> Features:
         s = self.s
         if greeting.klass != 2:
             dsn_status = greeting.dsn
-            if dsn_status.startswith("5") and s.skip_5xx_greeting and greeting.klass == 5:
+            if greeting.klass == 5 and s.skip_5xx_greeting:
                 dsn_status = "4" + dsn_status[1:]
-            self._bulk_fail(self._server_dsn(ep, greeting, "host %s refused to talk to me: %s"
-                                             % (ep.namaddr, greeting.flat), dsn_status),
-                            self._relay(ep), self._final, throttle=True)
-            self._quit(conn)
-            raise _SessionDone
+            self._refused(conn, ep, greeting, dsn_status)
+        loop_detect = s.personality == "smtp" and ep.port == 25
+        pix = self._pix_workarounds(ep, greeting)
+        words = greeting.text.replace("-", " ", 1).split()[1:]
+        if words and words[0].lower() == s.myhostname.lower() and loop_detect:
+            self.log.warning("host %s greeted me with my own hostname %s"
+                             % (ep.namaddrport, s.myhostname))
         if s.personality == "lmtp":
             esmtp = True
         else:
-            esmtp = greeting_says_esmtp(greeting) or s.always_send_ehlo
-            if s.never_send_ehlo:
+            esmtp = greeting_says_esmtp(greeting)
+            if s.always_send_ehlo and "disable_esmtp" not in pix:
+                esmtp = True
+            if s.never_send_ehlo or "disable_esmtp" in pix:
                 esmtp = False
         hello = s.helo_name.encode("utf-8", "surrogateescape")
+        features = None
         if esmtp:
             stage = Stage.LHLO if s.personality == "lmtp" else Stage.EHLO
             verb = b"LHLO " if s.personality == "lmtp" else b"EHLO "
             conn.write(verb + hello + b"\r\n", stage)
             reply = conn.read_reply(stage)
             if reply.klass == 2:
-                return parse_ehlo(reply, s.discard_ehlo_keywords)
-            if reply.code == 421 or s.personality == "lmtp":
-                self._bulk_fail(self._server_dsn(ep, reply, "host %s refused to talk to me: %s"
-                                                 % (ep.namaddr, reply.flat)),
-                                self._relay(ep), self._final, throttle=True)
-                self._quit(conn)
-                raise _SessionDone
-        conn.write(b"HELO " + hello + b"\r\n", Stage.HELO)
-        reply = conn.read_reply(Stage.HELO)
-        if reply.klass != 2:
-            self._bulk_fail(self._server_dsn(ep, reply, "host %s refused to talk to me: %s"
-                                             % (ep.namaddr, reply.flat)),
+                discard = s.discard_ehlo_keywords
+                if discard - {"SILENT-DISCARD"} and "SILENT-DISCARD" not in discard:
+                    self.log.info("discarding EHLO keywords: %s" % " ".join(
+                        k for k in EHLO_MASK_NAMES if k in discard))
+                features = parse_ehlo(reply, discard)
+            elif reply.code == 421 or s.personality == "lmtp":
+                self._refused(conn, ep, reply)
+        if features is None:
+            conn.write(b"HELO " + hello + b"\r\n", Stage.HELO)
+            reply = conn.read_reply(Stage.HELO)
+            if reply.klass != 2:
+                self._refused(conn, ep, reply)
+            features = Features(esmtp=False)
+            features.server_name = (reply.lines[0][4:].split() or [""])[0]
+        features.pix_delay_dotcrlf = "delay_dotcrlf" in pix
+        for w in features.warnings:
+            self.log.warning("%s from %s" % (w, ep.namaddrport))
+        if (features.server_name and features.server_name.lower() == s.myhostname.lower()
+                and loop_detect and features.esmtp):
+            self.log.warning("host %s replied to HELO/EHLO with my own hostname %s"
+                             % (ep.namaddrport, s.myhostname))
+            self._bulk_fail(Dsn(status="5.4.6" if ep.best_mx else "4.4.6",
+                                reason="mail for %s loops back to myself" % self.req.nexthop),
                             self._relay(ep), self._final, throttle=True)
             self._quit(conn)
             raise _SessionDone
-        return Features(esmtp=False)
+        if features.smtputf8 and not features.eightbitmime:
+            self.log.info("host %s offers SMTPUTF8 support, but not 8BITMIME" % ep.namaddr)
+            features.eightbitmime = True
+        return features
+
+    def _pix_workarounds(self, ep: Endpoint, greeting: Reply) -> set:
+        """PIX "smtp fixup" detection: a greeting of only '2', '0', ' ', '*', TAB."""
+        if greeting.text.strip("20 *\t\n"):
+            return set()
+        words = self.s.pix_workarounds
+        names = {w.lower() for w in words} & {"disable_esmtp", "delay_dotcrlf"}
+        if not words:
+            return set()
+        if ("delay_dotcrlf" in names and self.req.stats.incoming_arrival
+                > time.time() - self.s.pix_threshold_time):
+            names.discard("delay_dotcrlf")
+        self.log.info("%s: enabling PIX workarounds: %s for %s" % (
+            self.req.queue_id, " ".join(n for n in ("disable_esmtp", "delay_dotcrlf")
+                                        if n in names), ep.namaddrport))
+        return names
 
     # --- the transaction ---------------------------------------------------------------
     def _mail_command(self, f: Features) -> bytes:
@@ -355,9 +404,9 @@ class Delivery:
         send_data = not (probe and s.address_verify_target != "data")
         tx = Transaction(self._mail_command(f), [self._rcpt_command(f, r) for r in rcpts],
                          pipelining=f.pipelining, send_data=send_data, send_quit=True,
-                         await_quit=not s.skip_quit_response, lmtp=s.personality == "lmtp")
+                         await_quit=not s.skip_quit_response, lmtp=s.personality == "lmtp",
+                         xforward=self._xforward_commands(f))
         req.stats.conn_setup_done = time.time()
-        self.had_transaction = True
         while True:
             for c in tx.commands():
                 conn.queue(c.data)
@@ -383,10 +432,38 @@ class Delivery:
             self._on_reply(tx, stage, index, reply, rcpts, ep, f)
             if stage == Stage.DATA and probe and reply.klass == 3 and tx.accepted:
                 return      # probe target "data": success at 354, drop the session
+        self.had_transaction = True
         try:
             conn.flush(Stage.QUIT)
         except SessionError:
             pass
+
+    def _xforward_commands(self, f: Features) -> tuple:
+        """XFORWARD name/address and protocol/helo commands (smtp_send_xforward_command)."""
+        if not self.s.send_xforward or not f.xforward:
+            return ()
+        req = self.req
+
+        def known(v: str) -> bool:
+            return bool(v) and v.lower() != "unknown"
+
+        first = [(n, v) for n, v, ok in (("NAME", req.client_name, known(req.client_name)),
+                                         ("ADDR", req.client_addr, known(req.client_addr)),
+                                         ("PORT", req.client_port, known(req.client_port)))
+                 if ok and n in f.xforward]
+        source = ("LOCAL" if req.rewrite_context == "local" else "REMOTE") \
+            if req.rewrite_context else ""
+        second = [(n, v) for n, v, ok in (("PROTO", req.client_proto, known(req.client_proto)),
+                                          ("HELO", req.client_helo, bool(req.client_helo)),
+                                          ("IDENT", req.log_ident, bool(req.log_ident)),
+                                          ("SOURCE", source, bool(source)))
+                  if ok and n in f.xforward]
+        out = []
+        for stage, attrs in ((Stage.XFORWARD1, first), (Stage.XFORWARD2, second)):
+            if attrs:
+                cmd = "XFORWARD" + "".join(" %s=%s" % (n, xtext(v)) for n, v in attrs)
+                out.append((stage, cmd.encode("utf-8", "surrogateescape") + b"\r\n"))
+        return tuple(out)
 
     def _on_reply(self, tx: Transaction, stage: Stage, index: int, reply: Reply,
                   rcpts: list, ep: Endpoint, f: Features) -> None:
@@ -394,7 +471,11 @@ class Delivery:
         relay = self._relay(ep)
         final = self._final
         mail_ok = tx.mail_reply is not None and tx.mail_reply.klass == 2
-        if stage == Stage.MAIL and not mail_ok:
+        if stage in (Stage.XFORWARD1, Stage.XFORWARD2):
+            if reply.klass != 2:
+                self.log.warning("host %s said: %s (in reply to %s)" % (
+                    ep.namaddrport, reply.flat, IN_REPLY_TO[stage]))
+        elif stage == Stage.MAIL and not mail_ok:
             self._bulk_fail(self._server_dsn(ep, reply, "host %s said: %s (in reply to MAIL FROM "
                                              "command)" % (ep.namaddr, reply.flat)),
                             relay, final, throttle=False, rcpts=rcpts)
@@ -431,10 +512,9 @@ class Delivery:
                 for rcpt in accepted:
                     self._success(rcpt, ep, reply, f)
             else:
-                status = reply.dsn
                 reason = "host %s said: %s (in reply to end of DATA command)" % (ep.namaddr,
                                                                                 reply.flat)
-                self._bulk_fail(self._server_dsn(ep, reply, reason, status), relay, final,
+                self._bulk_fail(self._server_dsn(ep, reply, reason), relay, final,
                                 throttle=False, rcpts=accepted)
 
     def _unhandled(self, rcpts: list, indexes: list) -> list:
@@ -471,6 +551,9 @@ class Delivery:
                     conn.write(enc.take(), Stage.BODY)
             enc.finish()
             conn.queue(enc.take())
+            if f.pix_delay_dotcrlf:           # never let CR LF . CR LF share a packet
+                conn.flush(Stage.BODY)
+                time.sleep(self.s.pix_delay_time)
         except CorruptContent as exc:
             if exc.detail:
                 self.log.warning(exc.detail)

@@ -72,6 +72,10 @@ class Settings:
     verify_negative_cache: bool
     relayhost: str
     tls_level: str = "none"
+    pix_workarounds: list = field(default_factory=list)
+    pix_delay_time: float = 10.0
+    pix_threshold_time: float = 500.0
+    send_xforward: bool = False
     service_names: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
@@ -155,6 +159,10 @@ class Settings:
             verify_negative_cache=p.get_bool("address_verify_negative_cache"),
             relayhost=p.get("relayhost"),
             tls_level=tls_level,
+            pix_workarounds=p.slist("smtp_pix_workarounds"),
+            pix_delay_time=p.stime("smtp_pix_workaround_delay_time"),
+            pix_threshold_time=p.stime("smtp_pix_workaround_threshold_time"),
+            send_xforward=p.sbool("smtp_send_xforward_command"),
             service_names={
                 "bounce": p.get("bounce_service_name"), "defer": p.get("defer_service_name"),
                 "trace": p.get("trace_service_name"),

@@ -81,7 +81,14 @@ class Features:
     auth: list = field(default_factory=list)
     xforward: set = field(default_factory=set)
     enhancedstatuscodes: bool = False
+    pix_delay_dotcrlf: bool = False
     warnings: list = field(default_factory=list)
+
+
+#: EHLO keywords smtp_discard_ehlo_keywords knows, in Postfix's logging order.
+EHLO_MASK_NAMES = ("8BITMIME", "AUTH", "ETRN", "PIPELINING", "SIZE", "VERP", "VRFY", "XCLIENT",
+                   "XFORWARD", "STARTTLS", "ENHANCEDSTATUSCODES", "DSN", "SMTPUTF8", "CHUNKING",
+                   "SILENT-DISCARD")
 
 
 def parse_ehlo(reply: Reply, discard: frozenset = frozenset()) -> Features:

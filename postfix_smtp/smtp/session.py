@@ -38,6 +38,8 @@ class Endpoint:
     addr: str      # numeric address
     port: int
     family: int = socket.AF_INET
+    preference: int = 0
+    best_mx: bool = True     # has the best preference of its destination (loop status 5.4.6)
 
     @property
     def namaddr(self) -> str:

@@ -63,7 +63,8 @@ def _agent_lines(inst: PostfixInstance) -> list:
 
 def run_scenario(base: str, agent, script: PeerScript, recipients=(RCPT,), message=MESSAGE,
                  main_cf=None, smtp_args=(), expect_empty=True, sender=SENDER,
-                 wait_lines: int = 1, peer_down: bool = False, sendmail_args=()) -> Outcome:
+                 wait_lines: int = 1, peer_down: bool = False, sendmail_args=(),
+                 via_smtp: bool = False) -> Outcome:
     os.makedirs(base, mode=0o755, exist_ok=True)
     peer = SmtpPeer(script, max_lifetime=120)
     peer.start()
@@ -76,7 +77,10 @@ def run_scenario(base: str, agent, script: PeerScript, recipients=(RCPT,), messa
                            main_cf=cf, smtp_args=list(smtp_args), max_lifetime=300)
     try:
         inst.start()
-        inst.sendmail(message, sender, list(recipients), list(sendmail_args))
+        if via_smtp:
+            inst.smtp_submit(message, sender, list(recipients))
+        else:
+            inst.sendmail(message, sender, list(recipients), list(sendmail_args))
         inst.wait_log(r"postfix/(relay/)?smtp\[\d+\]: \w+: to=<", timeout=30, count=wait_lines)
         ok = inst.wait_queue_empty(timeout=30, allow_deferred=not expect_empty)
         assert ok, "queue not settled: %r\n%s" % (inst.queue_ids(), "\n".join(inst.log_lines()[-30:]))
