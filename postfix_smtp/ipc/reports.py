@@ -110,21 +110,29 @@ class Reporter:
         reason = dsn.reason if relay == "none" else "delivery via %s: %s" % (relay, dsn.reason)
         return self._append(self.s.trace_service, rcpt, replace(dsn, reason=reason))
 
+    def _probe(self, rcpt: Recipient, relay: str, dsn: Dsn, vrfy_status: int, word: str) -> int | None:
+        """Address probes: verify(8) for MTA_VRFY, trace(8) for ``sendmail -bv``.
+        None when the request is not a probe."""
+        flags = self.req.flags
+        d = replace(dsn, action=word)
+        if flags & FLAG_MTA_VRFY:
+            return self._verify(rcpt, relay, d, vrfy_status, word)
+        if flags & FLAG_USR_VRFY:
+            result = self._trace(rcpt, relay, d)
+            if result == 0:
+                self._logline(rcpt, relay, d, word)
+            return result
+        return None
+
     # --- the three outcomes ----------------------------------------------------
     def sent(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
         if not _DSN_CODE.match(dsn.status) or dsn.status[0] != "2":
             self.log.warning('sent: ignoring dsn code "%s"' % dsn.status)
             dsn = replace(dsn, status="2.0.0")
+        probed = self._probe(rcpt, relay, dsn, VRFY_DELIVERABLE, "deliverable")
+        if probed is not None:
+            return probed
         flags = self.req.flags
-        if flags & FLAG_MTA_VRFY:
-            return self._verify(rcpt, relay, replace(dsn, action="deliverable"),
-                                VRFY_DELIVERABLE, "deliverable")
-        if flags & FLAG_USR_VRFY:
-            d = replace(dsn, action="deliverable")
-            result = self._trace(rcpt, relay, d)
-            if result == 0:
-                self._logline(rcpt, relay, d, "deliverable")
-            return result
         if not dsn.action:
             dsn = replace(dsn, action="delivered")
         status = 0
@@ -143,16 +151,10 @@ class Reporter:
         if not _DSN_CODE.match(dsn.status) or dsn.status[0] != "5":
             self.log.warning('bounce_append: ignoring dsn code "%s"' % dsn.status)
             dsn = replace(dsn, status="5.0.0")
+        probed = self._probe(rcpt, relay, dsn, VRFY_UNDELIVERABLE, "undeliverable")
+        if probed is not None:
+            return probed
         flags = self.req.flags
-        if flags & FLAG_MTA_VRFY:
-            return self._verify(rcpt, relay, replace(dsn, action="undeliverable"),
-                                VRFY_UNDELIVERABLE, "undeliverable")
-        if flags & FLAG_USR_VRFY:
-            d = replace(dsn, action="undeliverable")
-            result = self._trace(rcpt, relay, d)
-            if result == 0:
-                self._logline(rcpt, relay, d, "undeliverable")
-            return result
         if self.s.soft_bounce:
             d = replace(dsn, status="4" + dsn.status[1:], action="delayed")
             if self._append(self.s.defer_service, rcpt, d) != 0:
@@ -173,16 +175,10 @@ class Reporter:
         if not _DSN_CODE.match(dsn.status) or dsn.status[0] != "4":
             self.log.warning('defer_append: ignoring dsn code "%s"' % dsn.status)
             dsn = replace(dsn, status="4.0.0")
+        probed = self._probe(rcpt, relay, dsn, VRFY_UNDELIVERABLE_SOFT, "undeliverable")
+        if probed is not None:
+            return probed
         flags = self.req.flags
-        if flags & FLAG_MTA_VRFY:
-            return self._verify(rcpt, relay, replace(dsn, action="undeliverable"),
-                                VRFY_UNDELIVERABLE_SOFT, "undeliverable")
-        if flags & FLAG_USR_VRFY:
-            d = replace(dsn, action="undeliverable")
-            result = self._trace(rcpt, relay, d)
-            if result == 0:
-                self._logline(rcpt, relay, d, "undeliverable")
-            return result
         d = replace(dsn, action="delayed")
         if self._append(self.s.defer_service, rcpt, d) != 0:
             self.log.warning("%s: defer service failure" % self.req.queue_id)

@@ -47,36 +47,23 @@ class AttrStream:
 
     def receive(self) -> list[tuple[str, str]]:
         """The next complete attribute list; IpcError on EOF, timeout or garbage."""
-        while True:
-            try:
-                lst = self.decoder.next_list()
-            except AttrError as exc:
-                raise IpcError("%s: %s" % (self.peer, exc)) from None
-            if lst is not None:
-                return lst
-            data = self._read()
-            if not data:
-                raise IpcError("premature end-of-input on %s" % self.peer)
-            try:
-                self.decoder.feed(data)
-            except AttrError as exc:
-                raise IpcError("%s: %s" % (self.peer, exc)) from None
+        lst = self.receive_or_eof()
+        if lst is None:
+            raise IpcError("premature end-of-input on %s" % self.peer)
+        return lst
 
     def receive_or_eof(self) -> list[tuple[str, str]] | None:
         """Like receive(), but a clean EOF before any byte of a list gives None."""
         while True:
             try:
                 lst = self.decoder.next_list()
-            except AttrError as exc:
-                raise IpcError("%s: %s" % (self.peer, exc)) from None
-            if lst is not None:
-                return lst
-            data = self._read()
-            if not data:
-                if self.decoder.pending:
-                    raise IpcError("premature end-of-input on %s" % self.peer)
-                return None
-            try:
+                if lst is not None:
+                    return lst
+                data = self._read()
+                if not data:
+                    if self.decoder.pending:
+                        raise IpcError("premature end-of-input on %s" % self.peer)
+                    return None
                 self.decoder.feed(data)
             except AttrError as exc:
                 raise IpcError("%s: %s" % (self.peer, exc)) from None

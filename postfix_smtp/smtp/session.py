@@ -94,8 +94,12 @@ class Connection:
         self._settimeout(stage)
         data = bytes(self.out)
         self.out.clear()
+        self._io(stage, self.sock.sendall, data)
+
+    def _io(self, stage: Stage, op, arg):
+        """One socket operation; timeouts and errors become SessionError."""
         try:
-            self.sock.sendall(data)
+            return op(arg)
         except socket.timeout:
             self.dead = True
             raise SessionError("timeout", stage) from None
@@ -115,14 +119,7 @@ class Connection:
             if r is not None:
                 return r
             self._settimeout(stage)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                self.dead = True
-                raise SessionError("timeout", stage) from None
-            except OSError as exc:
-                self.dead = True
-                raise SessionError("lost", stage, exc.strerror or "") from None
+            data = self._io(stage, self.sock.recv, 65536)
             if not data:
                 self.dead = True
                 raise SessionError("lost", stage)
