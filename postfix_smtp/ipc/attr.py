@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Iterable, Sequence, Union
-
-Value = Union[str, int, bytes]
-Pair = tuple  # (name: str, value: str)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: keep typing off the start-up path
+    from typing import Iterable, Sequence, Union
+    Value = Union[str, int, bytes]
 
 #: Longest name or value we accept from a peer (a recipient address, a DSN
 #: text, a base64 MSG_STATS are all far below this).

@@ -9,7 +9,7 @@ Pure code: parsing and rendering only.
 
 from __future__ import annotations
 
-import ctypes
+import struct
 from dataclasses import dataclass, field
 
 from .attr import AttrError, expect, parse_data, parse_int
@@ -56,18 +56,11 @@ RECIPIENT_NAMES = ("original_recipient", "recipient", "offset", "dsn_orig_rcpt",
 MAX_RECIPIENTS = 100000
 
 
-class _Timeval(ctypes.Structure):
-    _fields_ = [("sec", ctypes.c_long), ("usec", ctypes.c_long)]
-
-
-class _MsgStats(ctypes.Structure):
-    """struct MSG_STATS in the native ABI (88 bytes on LP64)."""
-    _fields_ = [("incoming_arrival", _Timeval), ("active_arrival", _Timeval),
-                ("agent_handoff", _Timeval), ("conn_setup_done", _Timeval),
-                ("deliver_done", _Timeval), ("reuse_count", ctypes.c_int)]
-
-
-MSG_STATS_SIZE = ctypes.sizeof(_MsgStats)
+#: struct MSG_STATS in the native ABI: five struct timeval (time_t, suseconds_t:
+#: C longs on Linux) and an int reuse_count, padded to the struct's alignment
+#: (88 bytes on LP64, 44 on 32-bit).  The trailing "0l" adds that padding.
+_MSG_STATS = struct.Struct("@10li0l")
+MSG_STATS_SIZE = _MSG_STATS.size
 
 
 @dataclass
@@ -85,22 +78,20 @@ class MsgStats:
     def unpack(cls, raw: bytes) -> "MsgStats":
         if len(raw) != MSG_STATS_SIZE:
             raise AttrError("msg_stats size mis-match: %d != %d" % (len(raw), MSG_STATS_SIZE))
-        s = _MsgStats.from_buffer_copy(raw)
-
-        def tv(t: _Timeval) -> float:
-            return t.sec + t.usec / 1e6
-
-        return cls(tv(s.incoming_arrival), tv(s.active_arrival), tv(s.agent_handoff),
-                   tv(s.conn_setup_done), tv(s.deliver_done), s.reuse_count)
+        v = _MSG_STATS.unpack(raw)
+        t = [v[i] + v[i + 1] / 1e6 for i in range(0, 10, 2)]
+        return cls(t[0], t[1], t[2], t[3], t[4], v[10])
 
     def pack(self) -> bytes:
-        def tv(x: float) -> _Timeval:
+        fields = []
+        for x in (self.incoming_arrival, self.active_arrival, self.agent_handoff,
+                  self.conn_setup_done, self.deliver_done):
             sec = int(x)
-            return _Timeval(sec, int(round((x - sec) * 1e6)))
-
-        s = _MsgStats(tv(self.incoming_arrival), tv(self.active_arrival), tv(self.agent_handoff),
-                      tv(self.conn_setup_done), tv(self.deliver_done), self.reuse_count)
-        return bytes(s)
+            usec = int(round((x - sec) * 1e6))
+            if usec >= 1000000:
+                sec, usec = sec + 1, usec - 1000000
+            fields += [sec, usec]
+        return _MSG_STATS.pack(*fields, self.reuse_count)
 
 
 @dataclass

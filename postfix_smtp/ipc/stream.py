@@ -7,9 +7,13 @@ the bounce/defer/trace services), as Postfix's timed IPC streams are.
 from __future__ import annotations
 
 import socket
-from typing import Iterable
+from .attr import AttrError, Decoder, encode
 
-from .attr import AttrError, Decoder, Value, encode
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
+
+    from .attr import Value
 
 
 class IpcError(Exception):

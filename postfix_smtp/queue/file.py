@@ -14,7 +14,9 @@ import fcntl
 import os
 import stat
 from dataclasses import dataclass
-from typing import Iterator
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: keep typing off the start-up path
+    from typing import Iterator
 
 from .records import (REC_CONT, REC_DONE, REC_NORM, REC_XTRA, RecordError,
                       RecordReader)

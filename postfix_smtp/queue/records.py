@@ -7,7 +7,9 @@ pointer records, skips ``w`` padding and treats ``E`` as end of file.
 
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: keep typing off the start-up path
+    from typing import BinaryIO, Iterator
 
 REC_SIZE = ord("C")
 REC_TIME = ord("T")

@@ -11,7 +11,6 @@ the outcome classification in :mod:`postfix_smtp.smtp.trouble`.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -20,7 +19,9 @@ from .reply import Reply
 PIPELINE_LIMIT = 4096
 
 
-class Stage(enum.Enum):
+class Stage:
+    """Protocol stages (plain string constants: cheaper to import than an Enum)."""
+
     GREETING = "greeting"
     EHLO = "ehlo"
     HELO = "helo"
