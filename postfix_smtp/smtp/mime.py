@@ -26,10 +26,15 @@ What the parser does (every effect also happens when nothing is converted):
   quoted-printable`` (leaf) or ``7bit`` (multipart/*, message/* except
   message/global) as the last header of its block, and a leaf body is
   quoted-printable encoded.  Everything else passes unchanged, 8-bit bytes
-  included.  Multipart nesting deeper than ``nesting_limit`` sets
-  ``errors = {"nesting"}``: the caller must then fail the message with
-  ``5.6.0 MIME nesting exceeds safety limit`` and drop the connection without
-  sending the final ``.`` (stock stops feeding the parser at that record).
+  included.  A multipart boundary that would be the ``nesting_limit + 3``-th
+  open one (stock counts from -1 and refuses when the level is already above
+  the limit: limit 2 allows 4 nested multiparts) sets ``errors =
+  {"nesting"}``; this is noticed when the Content-Type header is complete,
+  i.e. while processing the record after it.  The caller must then stop
+  feeding records, fail the message with ``5.6.0 MIME nesting exceeds
+  safety limit`` (:attr:`MimeDowngrade.error`) and drop the connection
+  without the final ``.``.  Stock still writes the output of that last
+  record (everything returned by that ``record()`` call) before it closes.
 
 When to use it (smtp(8), per session, evaluated at DATA time)::
 
