@@ -44,6 +44,10 @@ class _SessionDone(Exception):
     """Leave the current session (it failed or is finished)."""
 
 
+class _MimeFailure(Exception):
+    """The 8-bit to 7-bit conversion hit a MIME error (args[0]: (status, reason))."""
+
+
 class Delivery:
     def __init__(self, req: DeliveryRequest, qf: QueueFile | None, settings: Settings,
                  log: Logger, reporter: Reporter, flags_letters: str = "") -> None:
@@ -542,13 +546,32 @@ class Delivery:
         """Stream the message after the 354; False when the session ended here."""
         enc = TextEncoder(self.s.line_length_limit)
         req = self.req
+        s = self.s
+        mime = None
+        if not f.eightbitmime and not s.disable_mime_output_conversion and req.encoding != "7bit":
+            from .smtp.mime import MimeDowngrade     # only when a downgrade is possible
+            mime = MimeDowngrade(downgrade=True, nesting_limit=s.mime_nesting_limit,
+                                 boundary_limit=s.mime_boundary_length_limit,
+                                 header_size_limit=s.header_size_limit)
+
+        def put(text: bytes, complete: bool) -> None:
+            if mime is None:
+                enc.record(text, complete)
+                return
+            for t, c in mime.record(text, complete):
+                enc.record(t, c)
+            if mime.errors:
+                raise _MimeFailure(mime.error)
         try:
             for text in self._prepended_headers():
-                enc.record(text, True)
+                put(text, True)
             for line in self.qf.content(req.data_offset):
-                enc.record(line.text, line.complete)
+                put(line.text, line.complete)
                 if len(enc.out) >= CONTENT_CHUNK:
                     conn.write(enc.take(), Stage.BODY)
+            if mime is not None:
+                for t, c in mime.finish():
+                    enc.record(t, c)
             enc.finish()
             conn.queue(enc.take())
             if f.pix_delay_dotcrlf:           # never let CR LF . CR LF share a packet
@@ -569,6 +592,16 @@ class Delivery:
                 except OSError as e:
                     self.log.warning("mark queue file %s corrupt: %s" % (self.qf.path, e))
             conn.close()            # no '.', no QUIT: the server must discard the message
+            return False
+        except _MimeFailure as exc:
+            try:
+                conn.write(enc.take(), Stage.BODY)
+            except SessionError:
+                pass
+            status, reason = exc.args[0]
+            self._bulk_fail(Dsn(status=status, reason=reason), self._relay(ep), self._final,
+                            throttle=False)
+            conn.close()            # no '.': the server discards the partial message
             return False
         except SessionError as exc:
             # The server may have replied (5xx) and closed: use that reply if there is one.

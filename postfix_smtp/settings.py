@@ -76,6 +76,9 @@ class Settings:
     pix_delay_time: float = 10.0
     pix_threshold_time: float = 500.0
     send_xforward: bool = False
+    mime_nesting_limit: int = 100
+    mime_boundary_length_limit: int = 2048
+    header_size_limit: int = 102400
     service_names: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
@@ -163,6 +166,9 @@ class Settings:
             pix_delay_time=p.stime("smtp_pix_workaround_delay_time"),
             pix_threshold_time=p.stime("smtp_pix_workaround_threshold_time"),
             send_xforward=p.sbool("smtp_send_xforward_command"),
+            mime_nesting_limit=p.get_int("mime_nesting_limit"),
+            mime_boundary_length_limit=p.get_int("mime_boundary_length_limit"),
+            header_size_limit=p.get_int("header_size_limit"),
             service_names={
                 "bounce": p.get("bounce_service_name"), "defer": p.get("defer_service_name"),
                 "trace": p.get("trace_service_name"),

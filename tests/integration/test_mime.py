@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 
-import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(os.path.dirname(HERE), "data", "mime")
@@ -80,12 +79,6 @@ def test_stock_smtp_still_matches_the_model(tmp_base):
     _check(regen, outdir, index)
 
 
-def _agent_downgrades() -> bool:
-    from postfix_smtp import delivery
-    return hasattr(delivery, "MimeDowngrade")
-
-
-@pytest.mark.skipif(not _agent_downgrades(), reason="delivery.py does not use MimeDowngrade yet")
 def test_agent_downgrade_matches_stock(tmp_base, agent_wrapper):
     regen = _regen()
     outdir, index = _deliver_all(regen, tmp_base, agent=agent_wrapper)
