@@ -129,11 +129,35 @@ def _run(argv: list, personality: str, log) -> int:
     return _loop(agent, settings, generation, log)
 
 
+#: Modules the delivery path may import lazily.  Inside a chroot jail Python's
+#: library is out of reach, so they are all loaded before chroot().
+JAIL_PRELOAD = (
+    "encodings.idna",              # socket host name encoding
+    "random",
+    "postfix_smtp.delivery",
+    "postfix_smtp.destinations",
+    "postfix_smtp.smtp.mime",
+    "postfix_smtp.dns",
+    "postfix_smtp.dns.lookup",
+    "postfix_smtp.dns.client",
+    "postfix_smtp.maps",
+    "postfix_smtp.tls",
+    "postfix_smtp.sasl",
+)
+
+
+def _preload_for_jail() -> None:
+    import importlib
+    for name in JAIL_PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def _drop_privileges(settings, o, log) -> None:
     if o.chroot:
-        # everything the delivery path needs must be loaded before the jail
-        import encodings.idna  # noqa: F401  (socket host name encoding)
-        from .. import delivery  # noqa: F401
+        _preload_for_jail()
     try:
         pw = pwd.getpwnam(settings.mail_owner)
     except KeyError:

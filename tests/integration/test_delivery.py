@@ -332,8 +332,11 @@ def test_bad_parameter_gets_a_clear_fatal_line(tmp_base, agent_wrapper):
 
 
 def test_chroot_service_delivers(tmp_base, agent_wrapper):
+    # a peer without 8BITMIME: the jailed agent must also run the MIME downgrade
     peer = SmtpPeer(PeerScript(rcpt_reply=lambda line: "550 5.1.1 no" if "gone@" in line
-                               else "250 2.1.5 Ok"), max_lifetime=60)
+                               else "250 2.1.5 Ok",
+                               ehlo_lines=["peer.test.invalid", "PIPELINING", "SIZE 1000000"]),
+                    max_lifetime=60)
     peer.start()
     inst = PostfixInstance(tmp_base, relayhost=peer.address, agent=agent_wrapper, max_lifetime=120)
     try:
@@ -342,8 +345,11 @@ def test_chroot_service_delivers(tmp_base, agent_wrapper):
                        check=True, timeout=30)
         inst.reload()
         time.sleep(1)
-        inst.sendmail(MESSAGE, SENDER, [RCPT, "gone@dest.test.invalid"])
+        eight = ("Subject: jail\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
+                 "Content-Transfer-Encoding: 8bit\n\ncaf\u00e9\n").encode()
+        inst.sendmail(eight, SENDER, [RCPT, "gone@dest.test.invalid"], ["-B", "8BITMIME"])
         inst.expect_log(r"postfix/smtp\[\d+\]: \w+: to=<bob@dest.*status=sent", timeout=30)
+        assert b"\r\ncaf=C3=A9\r\n" in peer.sessions[0].messages[0]
         inst.expect_log(r"postfix/smtp\[\d+\]: \w+: to=<gone@dest.*status=bounced", timeout=30)
         pids = _agent_pids(inst.config_dir)
         assert pids and all(os.readlink("/proc/%d/root" % p) == inst.queue_dir for p in pids)
