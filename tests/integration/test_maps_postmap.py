@@ -473,3 +473,59 @@ def test_fail_and_missing_tables_raise(conf):
         t.lookup("key")
     assert any("hash:%s is unavailable" % missing in m for m in log.texts("warning"))
     ctx.close()
+
+
+@pytest.mark.parametrize("type_", ["hash", "btree", "cdb", "lmdb"])
+def test_rebuild_is_noticed(map_types, type_):
+    """A table rebuilt by postmap: stock notices .db/.cdb changes (mtime or a
+    replaced file) but not in-place LMDB updates (multi-writer safe); lookups
+    see the new content either way."""
+    if type_ not in map_types:
+        pytest.skip("no %s support" % type_)
+    if type_ == "lmdb":
+        pytest.importorskip("lmdb")
+    conf = _Conf(True)
+    try:
+        src = conf.write("tbl", b"key old\n")
+        conf.build("%s:%s" % (type_, src))
+        old = time.time() - 600
+        suffix = {"hash": ".db", "btree": ".db"}.get(type_, "." + type_)
+        os.utime(src + suffix, (old, old))
+        from postfix_smtp.maps import open_maps
+        maps = open_maps("%s:%s" % (type_, src), None)
+        assert maps.lookup("KEY") == "old"
+        assert not maps.changed()
+        conf.write("tbl", b"key new\nother 2\n")
+        conf.build("%s:%s" % (type_, src))
+        assert maps.changed() == (type_ != "lmdb")
+        if type_ != "cdb":          # cdb: the old file stays open, as in stock
+            assert maps.lookup("key") == "new"
+            assert maps.lookup("other") == "2"
+        maps.close()
+    finally:
+        conf.cleanup()
+
+
+def test_root_only_table_opened_before_privilege_drop(conf, tmp_path):
+    """Opened as root, a 0600 root-owned .db stays readable after setuid()."""
+    import pwd
+    src = conf.write("secret", b"[relay.example]:587 user:password\n")
+    conf.build("hash:" + src)
+    os.chmod(src + ".db", 0o600)
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # child: open, drop, look up
+        try:
+            from postfix_smtp.maps import open_maps
+            maps = open_maps("hash:" + src, None)
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            value = maps.lookup("[relay.example]:587") or "-"
+            os.write(w, value.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r, "rb") as f:
+        assert f.read() == b"user:password"
