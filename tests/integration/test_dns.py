@@ -1,0 +1,366 @@
+"""Destinations through real DNS: the stock smtp(8) and postfix_smtp, side by side.
+
+A :class:`DnsTestServer` on 127.53.x.y:53 serves the test zones; each Postfix
+instance (stock, then with the agent) runs in its own mount namespace whose
+/etc/resolv.conf names only that server (``options timeout:1 attempts:2``),
+so both agents reach it exactly as they reach a resolver on a real host.  MX
+hosts are SMTP peers on distinct loopback addresses (127.0.0.x) sharing one
+port; mail is routed by recipient domain (``smtp_tcp_port`` = that port, or
+25 for the loop-detection group).
+
+For every scenario domain the two runs must agree on: the final
+per-recipient outcome (relay, DSN code, status, reason text), the
+``connect to ...`` attempts in order (where stock is deterministic), and
+which peers received the message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from postfix_smtp.testing.dnsserver import (DnsTestServer, ResolverPostfixInstance,
+                                            free_loopback_address, port_free_on,
+                                            resolv_conf_text)
+from postfix_smtp.testing.peer import PeerScript, SmtpPeer
+
+SENDER = "alice@src.test.invalid"
+MESSAGE = b"Subject: dns test\n\nhello\n"
+
+
+def _agent_has_mx_lookups() -> bool:
+    """The DNS-aware site loop lives in delivery.py (the delivery patch)."""
+    from postfix_smtp import delivery
+    return hasattr(delivery.Delivery, "_pass_to_best_mx")
+
+
+needs_agent_patch = pytest.mark.skipif(
+    not _agent_has_mx_lookups(),
+    reason="postfix_smtp.delivery does not use destinations.AddressResolver yet")
+
+
+class FixedPortPeer(SmtpPeer):
+    """An SmtpPeer on a given (host, port): MX hosts share the destination port."""
+
+    def __init__(self, script=None, host="127.0.0.1", port=0, max_lifetime=240.0):
+        super().__init__(script, host, max_lifetime)
+        self.want_port = port
+
+    def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        ls = socket.socket(family, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((self.host, self.want_port))
+        ls.listen(128)
+        ls.settimeout(0.2)
+        self.port = ls.getsockname()[1]
+        self._listener = ls
+        self._deadline = time.monotonic() + self.max_lifetime
+        self._stop.clear()
+        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._accept_thread.start()
+
+
+# ---------------------------------------------------------------------------
+# the scenarios: domain -> records; behaviours; peers on 127.0.0.x
+
+
+def _ip(n: int) -> str:
+    return "127.0.0.%d" % n
+
+
+UP = {21, 22, 23, 24, 26, 27, 28, 30}       # addresses with a listening peer
+DOWN = {11, 12, 13, 25, 29}                  # addresses nobody listens on
+
+ZONES = [
+    # two preferences, the best one dead
+    ("pref.test", "MX", ["10 mx1.pref.test.", "20 mx2.pref.test."]),
+    ("mx1.pref.test", "A", [_ip(11)]),
+    ("mx2.pref.test", "A", [_ip(21)]),
+    # no MX: the domain's own A record
+    ("plain.test", "A", [_ip(22)]),
+    # CNAME chain to the MX host's address
+    ("cname.test", "MX", ["5 alias.cname.test."]),
+    ("alias.cname.test", "CNAME", ["alias2.cname.test."]),
+    ("alias2.cname.test", "CNAME", ["real.cname.test."]),
+    ("real.cname.test", "A", [_ip(23)]),
+    # null MX
+    ("null.test", "MX", ["0 ."]),
+    # every MX dead (two addresses, then a second MX)
+    ("dead.test", "MX", ["10 a.dead.test.", "20 b.dead.test."]),
+    ("a.dead.test", "A", [_ip(12), _ip(13)]),
+    ("b.dead.test", "A", [_ip(25)]),
+    # an MX host without any address record
+    ("noaddr.test", "MX", ["10 gone.noaddr.test."]),
+    ("noaddrsoft.test", "MX", ["10 gone.noaddr.test."]),
+    # slow answers (1.5 s with timeout:1: the glibc retry gets it)
+    ("slow.test", "MX", ["10 mx.slow.test."]),
+    ("mx.slow.test", "A", [_ip(24)]),
+    # an unparsable answer
+    ("garbage.test", "MX", []),
+    # UDP truncated: TCP retry
+    ("tc.test", "MX", ["10 mx.tc.test."]),
+    ("mx.tc.test", "A", [_ip(26)]),
+    # a bad host name in the only MX record
+    ("badname.test", "MX", ["10 bad!host.badname.test."]),
+    # MX lookup fails, the domain has an A record (ignore_mx_lookup_error group)
+    ("mxfail.test", "A", [_ip(27)]),
+    # mixed: the first MX host's lookup fails softly, the second is NXDOMAIN
+    ("mixed.test", "MX", ["10 sf.mixed.test.", "20 nx.mixed.test."]),
+    # the IPv6 group: AAAA ::1 where nobody listens, then the IPv4 address
+    ("six.test", "MX", ["10 mx.six.test."]),
+    ("mx.six.test", "A", [_ip(28)]),
+    ("mx.six.test", "AAAA", ["::1"]),
+    # the fallback relay group: mail for a domain that does not exist
+    # the loop group (port 25)
+    ("loop.test", "MX", ["10 me.loop.test."]),
+    ("me.loop.test", "A", ["127.0.0.1"]),
+    ("backup.test", "MX", ["10 primary.backup.test.", "20 me.loop.test.",
+                           "30 never.backup.test."]),
+    ("primary.backup.test", "A", [_ip(29)]),
+    ("never.backup.test", "A", [_ip(30)]),
+    ("hostloop.test", "A", ["127.0.0.1"]),
+]
+
+BEHAVIOUR = [
+    ("slow.test", "delay", 1.5), ("mx.slow.test", "delay", 1.5),
+    ("servfail.test", "fail", "SERVFAIL"), ("formerr.test", "fail", "FORMERR"),
+    ("refused.test", "fail", "REFUSED"), ("garbage.test", "malformed", "garbage"),
+    ("tc.test", "truncate", None),
+    ("sf.mixed.test", "fail", "SERVFAIL"), ("deaddns.test", "drop", None),
+]
+
+GROUPS = {
+    # name: (main.cf, port (None: the shared port), domains)
+    "default": ({"smtp_randomize_addresses": "no"}, None,
+                ["pref.test", "plain.test", "cname.test", "null.test", "nxdomain.test",
+                 "servfail.test", "formerr.test", "refused.test", "dead.test", "noaddr.test",
+                 "slow.test", "garbage.test", "tc.test", "badname.test", "mixed.test",
+                 "deaddns.test", "mxfail.test"]),
+    "tuned": ({"smtp_randomize_addresses": "no", "smtp_mx_address_limit": "2",
+               "smtp_defer_if_no_mx_address_found": "yes", "ignore_mx_lookup_error": "yes"},
+              None, ["dead.test", "noaddrsoft.test", "mxfail.test"]),
+    "ipv6": ({"inet_protocols": "all", "smtp_address_preference": "ipv6",
+              "smtp_randomize_addresses": "no"}, None, ["six.test"]),
+    "fallback": ({"smtp_fallback_relay": "[%s]:{port}" % _ip(21)}, None,
+                 ["nxdomain.test", "null.test"]),
+    "loop": ({"smtp_randomize_addresses": "no"}, 25,
+             ["loop.test", "backup.test", "hostloop.test"]),
+}
+
+
+# ---------------------------------------------------------------------------
+# running one agent over one group
+
+
+CONNECT = re.compile(r"postfix/smtp\[\d+\]: connect to (\S+?)\[([^\]]+)\]:\d+: (.*)$")
+FINAL = re.compile(r"postfix/smtp\[\d+\]: \w+: to=<([^>]+)>, relay=(\S+), .*dsn=([\d.]+), "
+                   r"status=(\w+) \((.*)\)$")
+
+
+def _host_domain(host: str) -> str:
+    parts = host.split(".")
+    return ".".join(parts[-2:])
+
+
+class Run:
+    def __init__(self, lines, peers, queries, elapsed):
+        self.lines = lines
+        self.peers = peers
+        self.queries = queries
+        self.elapsed = elapsed
+
+    def outcome(self, domain):
+        for ln in self.lines:
+            m = FINAL.search(ln)
+            if m and m.group(1).endswith("@" + domain):
+                return m.group(2), m.group(3), m.group(4), m.group(5)
+        return None
+
+    def connects(self, domain):
+        out = []
+        for ln in self.lines:
+            m = CONNECT.search(ln)
+            if m and _host_domain(m.group(1)) == domain:
+                out.append((m.group(1), m.group(2), m.group(3)))
+        return out
+
+    def warnings(self, pattern):
+        return [ln for ln in self.lines if "warning:" in ln and re.search(pattern, ln)]
+
+
+def run_group(tmp_base, name, agent, dns_ns, port, main_cf, domains, tag):
+    cf = {"minimal_backoff_time": "300s", "maximal_backoff_time": "300s",
+          "smtp_tcp_port": str(port), "smtp_connect_timeout": "5s",
+          "delay_warning_time": "0"}
+    cf.update({k: v.replace("{port}", str(port)) for k, v in main_cf.items()})
+    base = os.path.join(tmp_base, "%s-%s" % (name, tag))
+    os.makedirs(base, mode=0o755)
+    inst = ResolverPostfixInstance(base, agent=agent, main_cf=cf, max_lifetime=300,
+                                   resolv_conf=resolv_conf_text([dns_ns], 1, 2))
+    t0 = time.monotonic()
+    try:
+        inst.start()
+        assert "nameserver %s" % dns_ns in inst.namespace_resolv_conf()
+        rcpts = ["user@%s" % d for d in domains]
+        for r in rcpts:        # one message per domain: one delivery request each
+            inst.sendmail(MESSAGE, SENDER, [r])
+        for r in rcpts:
+            inst.expect_log(r"to=<%s>, .*status=" % re.escape(r), timeout=90)
+        elapsed = time.monotonic() - t0
+        time.sleep(0.3)
+        return inst.log_lines(), elapsed
+    finally:
+        inst.stop()
+
+
+@pytest.fixture(scope="module")
+def world():
+    """The DNS server and the SMTP peers shared by all scenarios."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    ns = free_loopback_address()
+    srv = DnsTestServer(host=ns, port=53, max_lifetime=900).start()
+    for name, rtype, data in ZONES:
+        if data:
+            srv.add(name, rtype, *data)
+    for name, kind, arg in BEHAVIOUR:
+        getattr(srv, kind)(name, *([] if arg is None else [arg]))
+    srv.fail("mxfail.test", "SERVFAIL", rdtype="MX")     # its A record still answers
+    addrs = [_ip(n) for n in sorted(UP | DOWN)]
+    port = None
+    for _ in range(50):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        cand = s.getsockname()[1]
+        s.close()
+        if port_free_on(addrs + ["::1"], cand) and cand != 25:
+            port = cand
+            break
+    assert port, "no common free port"
+    if not port_free_on([_ip(n) for n in UP] + [_ip(n) for n in DOWN], 25):
+        pytest.skip("port 25 is busy on 127.0.0.x")
+    peers = {}
+    for n in sorted(UP):
+        for p in (port, 25):
+            peer = FixedPortPeer(PeerScript(), host=_ip(n), port=p, max_lifetime=900)
+            peer.start()
+            peers[(n, p)] = peer
+    yield srv, ns, port, peers
+    for peer in peers.values():
+        peer.stop()
+    srv.stop()
+
+
+def _run_both(world, tmp_base, agent_wrapper, group):
+    srv, ns, port, peers = world
+    main_cf, gport, domains = GROUPS[group]
+    gport = gport or port
+    runs = {}
+    for tag, agent in (("stock", None), ("agent", agent_wrapper)):
+        for p in peers.values():
+            with p._lock:
+                p._sessions.clear()
+        nq = len(srv.queries)
+        lines, elapsed = run_group(tmp_base, group, agent, ns, gport, main_cf, domains, tag)
+        got = {}
+        for (n, p), peer in peers.items():
+            for sess in peer.sessions:
+                for env in getattr(sess, "envelopes", []):
+                    for rc in env.rcpts:
+                        m = re.search(r"@([\w.]+)>", rc)
+                        if m:
+                            got.setdefault(m.group(1), []).append((_ip(n), p))
+        runs[tag] = Run(lines, got, srv.queries[nq:], elapsed)
+    return runs
+
+
+def _compare(runs, domains, unordered=()):
+    stock, ours = runs["stock"], runs["agent"]
+    for d in domains:
+        so, ao = stock.outcome(d), ours.outcome(d)
+        assert so is not None and ao is not None, (d, so, ao)
+        assert ao == so, "%s: stock %r, agent %r" % (d, so, ao)
+        sc, ac = stock.connects(d), ours.connects(d)
+        if d in unordered:
+            assert sorted(sc) == sorted(ac), (d, sc, ac)
+        else:
+            assert ac == sc, "%s: stock tried %r, agent %r" % (d, sc, ac)
+        assert sorted(ours.peers.get(d, [])) == sorted(stock.peers.get(d, [])), d
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_stock_resolver_is_private_to_the_instance(world, tmp_base):
+    """The namespace trick itself: stock smtp(8) asks our server, the host's
+    /etc/resolv.conf is untouched."""
+    srv, ns, port, peers = world
+    before = open("/etc/resolv.conf").read()
+    lines, _ = run_group(tmp_base, "probe", None, ns, port, {}, ["plain.test"], "stock")
+    assert open("/etc/resolv.conf").read() == before
+    assert any(q.name == "plain.test" and q.type == "MX" for q in srv.queries)
+    assert any("status=sent" in ln and "plain.test[%s]" % _ip(22) in ln for ln in lines)
+
+
+@needs_agent_patch
+def test_default_group_matches_stock(world, tmp_base, agent_wrapper):
+    runs = _run_both(world, tmp_base, agent_wrapper, "default")
+    domains = GROUPS["default"][2]
+    _compare(runs, domains)
+    ours = runs["agent"]
+    # spot checks of the texts stock produced (and we matched)
+    assert ours.outcome("null.test")[1:] == (
+        "5.1.0", "bounced", "Domain null.test does not accept mail (nullMX)")
+    assert ours.outcome("nxdomain.test")[1:] == (
+        "5.4.4", "bounced", "Host or domain name not found. Name service error for "
+                            "name=nxdomain.test type=A: Host not found")
+    assert ours.outcome("servfail.test")[1:] == (
+        "4.4.3", "deferred", "Host or domain name not found. Name service error for "
+                             "name=servfail.test type=MX: Host not found, try again")
+    assert ours.outcome("pref.test")[:3] == ("mx2.pref.test[%s]:%d" % (_ip(21), world[2]),
+                                             "2.0.0", "sent")
+    assert ours.outcome("cname.test")[0].startswith("alias.cname.test[%s]" % _ip(23))
+    assert ours.warnings("no MX host for noaddr.test has a valid address record")
+    assert ours.warnings("no MX host for badname.test has a valid address record") == \
+        runs["stock"].warnings("no MX host for badname.test has a valid address record")
+
+
+@needs_agent_patch
+def test_limits_and_lookup_error_options_match_stock(world, tmp_base, agent_wrapper):
+    runs = _run_both(world, tmp_base, agent_wrapper, "tuned")
+    _compare(runs, GROUPS["tuned"][2])
+    ours = runs["agent"]
+    assert len(ours.connects("dead.test")) == 2            # smtp_mx_address_limit = 2
+    assert ours.outcome("noaddrsoft.test")[1] == "4.4.4"   # defer_if_no_mx_address_found
+    assert ours.outcome("mxfail.test")[2] == "sent"        # ignore_mx_lookup_error
+
+
+@needs_agent_patch
+def test_ipv6_first_then_ipv4_matches_stock(world, tmp_base, agent_wrapper):
+    runs = _run_both(world, tmp_base, agent_wrapper, "ipv6")
+    _compare(runs, ["six.test"])
+    assert runs["agent"].connects("six.test")[0][1] == "::1"
+
+
+@needs_agent_patch
+def test_fallback_relay_matches_stock(world, tmp_base, agent_wrapper):
+    runs = _run_both(world, tmp_base, agent_wrapper, "fallback")
+    _compare(runs, GROUPS["fallback"][2])
+    assert runs["agent"].outcome("nxdomain.test")[2] == "sent"
+
+
+@needs_agent_patch
+def test_mail_loops_match_stock(world, tmp_base, agent_wrapper):
+    runs = _run_both(world, tmp_base, agent_wrapper, "loop")
+    _compare(runs, GROUPS["loop"][2])
+    ours = runs["agent"]
+    assert ours.outcome("loop.test")[1:] == ("5.4.6", "bounced",
+                                             "mail for loop.test loops back to myself")
+    # backup MX: only the better MX is tried, never the worse one
+    assert [c[1] for c in ours.connects("backup.test")] == [_ip(29)]
