@@ -19,6 +19,17 @@ of ``before_reply``): ``greeting``, ``ehlo`` (also LHLO), ``helo``, ``mail``,
 ``dot`` (end of data; also BDAT LAST), ``bdat``, ``rset``, ``noop``,
 ``quit``, ``other``.
 
+STARTTLS (standard library ``ssl``): with ``tls_cert``/``tls_key`` set the
+EHLO reply offers STARTTLS (``offer_starttls``), ``starttls_reply`` answers it
+and a 2xx reply is followed by the server handshake; after it the dialog
+starts over (a new EHLO is expected) and the EHLO reply no longer offers
+STARTTLS.  ``tls_wrapper`` does implicit TLS (port-465 style) right after
+accept.  ``tls_after_starttls`` breaks the handshake on purpose: ``"drop"``
+closes the connection after the 220, ``"garbage"`` sends non-TLS bytes,
+``"hang"`` says nothing.  ``tls_context`` may be given instead of the file
+names (an ``ssl.SSLContext`` for the server side).  Each session records
+``tls`` (``{"version", "cipher", "sni"}``) or ``tls_error``.
+
 Everything stops by itself: per-connection socket timeout (30 s) and the
 server's ``max_lifetime``.  Standard library only.
 """
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,6 +76,25 @@ class PeerScript:
     rset_reply: ReplySpec = "250 2.0.0 Ok"
     noop_reply: ReplySpec = "250 2.0.0 Ok"
     quit_reply: ReplySpec = "221 2.0.0 Bye"
+    # STARTTLS / implicit TLS
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_context: Optional[ssl.SSLContext] = None
+    offer_starttls: Optional[bool] = None      # default: True when TLS is configured
+    starttls_reply: Optional[ReplySpec] = None  # default: 220, or 454 without TLS
+    tls_after_starttls: str = "handshake"       # "handshake", "drop", "garbage", "hang"
+    tls_wrapper: bool = False
+    ehlo_lines_tls: Optional[List[str]] = None  # EHLO reply lines inside TLS
+
+    def server_context(self) -> Optional[ssl.SSLContext]:
+        if self.tls_context is not None:
+            return self.tls_context
+        if not self.tls_cert:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.tls_cert, self.tls_key or self.tls_cert)
+        self.tls_context = ctx
+        return ctx
 
 
 class Envelope(NamedTuple):
@@ -94,6 +125,8 @@ class Session:
         self.error: Optional[str] = None
         self.started = time.monotonic()
         self.closed = threading.Event()
+        self.tls: Optional[dict] = None
+        self.tls_error: Optional[str] = None
 
     @property
     def client_bytes(self) -> bytes:
@@ -328,6 +361,9 @@ class SmtpPeer:
     def _serve(self, sock: socket.socket, session: Session) -> None:
         c = _Conn(sock, session, self._deadline)
         try:
+            if self.script.tls_wrapper:
+                self._start_tls(c, session)
+                sock = c.sock
             self._dialog(c, session)
         except _Dropped as e:
             if session.error is None:
@@ -385,10 +421,43 @@ class SmtpPeer:
             raise _Dropped("dropped after %s (script)" % stage)
         return False
 
-    def _ehlo_reply(self) -> str:
-        lines = self.script.ehlo_lines or ["peer.test.invalid"]
+    def _ehlo_reply(self, tls_active: bool = False) -> str:
+        s = self.script
+        lines = list(s.ehlo_lines or ["peer.test.invalid"])
+        if tls_active:
+            if s.ehlo_lines_tls is not None:
+                lines = list(s.ehlo_lines_tls)
+        else:
+            offer = s.offer_starttls
+            if offer is None:
+                offer = s.tls_cert is not None or s.tls_context is not None
+            if offer and not any(l.upper() == "STARTTLS" for l in lines):
+                lines.append("STARTTLS")
         out = ["250-%s" % l for l in lines[:-1]] + ["250 %s" % lines[-1]]
         return "\n".join(out)
+
+    def _start_tls(self, c: "_Conn", session: Session) -> None:
+        """Server side of the TLS handshake; replaces c.sock."""
+        ctx = self.script.server_context()
+        seen = {}
+
+        def sni_cb(sslobj, name, _ctx):
+            seen["sni"] = name
+            return None
+        ctx.sni_callback = sni_cb
+        c.buf.clear()
+        left = max(0.1, min(CONNECTION_TIMEOUT, self._deadline - time.monotonic()))
+        c.sock.settimeout(left)
+        try:
+            tsock = ctx.wrap_socket(c.sock, server_side=True, do_handshake_on_connect=False)
+            tsock.do_handshake()
+        except (ssl.SSLError, OSError) as e:
+            session.tls_error = "%s: %s" % (type(e).__name__, e)
+            raise _Dropped("TLS handshake failed: %s" % e)
+        c.sock = tsock
+        session.tls = {"version": tsock.version(), "cipher": (tsock.cipher() or ("",))[0],
+                       "sni": seen.get("sni")}
+        self._notify()
 
     def _dialog(self, c: _Conn, session: Session) -> None:
         s = self.script
@@ -424,7 +493,8 @@ class SmtpPeer:
                 session.helo = arg
                 self._drop(session, "ehlo")
                 reset()
-                spec = s.ehlo_reply if s.ehlo_reply is not None else self._ehlo_reply()
+                spec = s.ehlo_reply if s.ehlo_reply is not None else \
+                    self._ehlo_reply(session.tls is not None)
                 self._reply(c, session, "ehlo", line, spec)
             elif verb == "HELO":
                 session.helo = arg
@@ -494,7 +564,26 @@ class SmtpPeer:
             elif verb == "VRFY":
                 self._reply(c, session, "other", line, "252 2.0.0 Send mail to find out")
             elif verb == "STARTTLS":
-                self._reply(c, session, "other", line, "454 4.7.0 TLS not available")
+                ctx = s.server_context() if session.tls is None else None
+                spec = s.starttls_reply
+                if spec is None:
+                    spec = "220 2.0.0 Ready to start TLS" if ctx is not None else \
+                        "454 4.7.0 TLS not available"
+                r = self._reply(c, session, "starttls", line, spec)
+                if not r.startswith("2") or ctx is None:
+                    continue
+                how = s.tls_after_starttls
+                if how == "drop":
+                    raise _Dropped("dropped after STARTTLS (script)")
+                if how == "garbage":
+                    c.read_some()                  # the ClientHello, then nonsense
+                    c.send(b"this is not TLS\r\n" * 4)
+                    raise _Dropped("garbage after STARTTLS (script)")
+                if how == "hang":
+                    self._sleep(self._deadline - time.monotonic())
+                    raise _Dropped("hang after STARTTLS (script)")
+                self._start_tls(c, session)
+                reset()
             else:
                 self._reply(c, session, "other", line,
                             "502 5.5.2 Error: command not recognized")
