@@ -20,8 +20,10 @@ most of the syntax; this module rewrites what differs:
 
 Not supported (the rule is skipped with a warning, as Postfix skips a
 pattern PCRE rejects): recursion and subroutine calls (``(?R)``, ``(?1)``,
-``(?&n)``, ``\\g<n>``), branch reset ``(?|``, backtracking verbs ``(*...)``,
-``\\K``, ``\\G``, ``\\X``, Unicode properties ``\\p``, callouts, the
+``(?&n)``, ``\\g<n>``), branch reset ``(?|``, backtracking verbs and
+start-of-pattern options ``(*...)``, ``\\G``, ``\\X``, script properties
+(general categories ``\\p{L}``, ``\\p{Lu}``... are supported, over
+Latin-1 as in PCRE's non-UTF mode), callouts, the
 ``(?U)``/``(?J)``/``(?n)`` inline options, and - on Python < 3.11 - atomic
 groups and possessive quantifiers.
 """
@@ -198,6 +200,9 @@ class _Scanner:
                 if d == 0x45:
                     self.i += 1
                     continue
+                if d in b"pP":
+                    items.append(self._property(True))
+                    continue
                 items.append(self._code_escape(True))
                 continue
             self.i += 1
@@ -208,6 +213,45 @@ class _Scanner:
             else:
                 items.append(_lit(c))
         return (b"[^" if negate else b"[") + b"".join(items) + b"]"
+
+    def _property(self, in_class: bool) -> bytes:
+        """\\p{..}/\\P{..}: in non-UTF mode a byte is the Latin-1 code point."""
+        p = self.p
+        negate = p[self.i] == 0x50
+        self.i += 1
+        if self.i < self.n and p[self.i] == 0x7B:
+            end = p.find(b"}", self.i)
+            if end < 0:
+                raise self.error("malformed \\p{...}")
+            name = p[self.i + 1:end].decode("ascii", "replace")
+            self.i = end + 1
+        elif self.i < self.n:
+            name = chr(p[self.i])
+            self.i += 1
+        else:
+            raise self.error("malformed \\p")
+        if name.startswith("^"):
+            negate = not negate
+            name = name[1:]
+        name = name.replace(" ", "").replace("_", "")
+        import unicodedata
+        if name == "Any":
+            members = list(range(256))
+        elif name == "L&":
+            members = [b for b in range(256) if unicodedata.category(chr(b)) in ("Lu", "Ll", "Lt")]
+        elif len(name) in (1, 2) and name[:1] in "CLMNPSZ":
+            members = [b for b in range(256)
+                       if unicodedata.category(chr(b))[:len(name)] == name]
+        else:
+            raise self.error("unsupported property \\p{%s}" % name)
+        body = b"".join(_hx(b) for b in members)
+        if in_class:
+            if negate:
+                raise self.error("negated property inside a character class")
+            return body
+        if not body:
+            return b"(?!)" if not negate else b"(?s:.)"
+        return (b"[^" if negate else b"[") + body + b"]"
 
     # -- quantifiers -----------------------------------------------------------
 
@@ -401,7 +445,13 @@ class _Scanner:
                     self.i += m.end()
                     out.append(b"(?P=" + (m.group(1) or m.group(2) or m.group(3)) + b")")
                     continue
-                if d in b"GKXpP":
+                if d == 0x4B:  # \K resets $0 only, which tables cannot use
+                    self.i += 1
+                    continue
+                if d in b"pP":
+                    out.append(self._property(False))
+                    continue
+                if d in b"GX":
                     raise self.error("\\%s is not supported" % chr(d))
                 out.append(self._code_escape(False))
                 continue

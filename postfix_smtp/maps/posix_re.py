@@ -18,7 +18,9 @@ What is translated:
   ``[:class:]`` (C-locale classes), ``[=c=]``, ``[.c.]``, ranges; with
   REG_NEWLINE a non-matching list never matches a newline;
 - GNU escapes ``\\w \\W \\s \\S \\b \\B \\< \\> \\` \\'`` and back-references
-  ``\\1``..``\\9``; any other escaped character is literal (``\\n`` is "n").
+  ``\\1``..``\\9``; any other escaped character is literal (``\\n`` is "n"),
+  except that with REG_ICASE glibc makes an escaped lowercase letter match
+  nothing (``\\n``, ``\\t``, ``\\d`` never match), which is reproduced.
 
 Known difference: POSIX picks the leftmost-*longest* match and glibc sizes
 subexpressions accordingly, Python the leftmost-first.  Whether a pattern
@@ -120,7 +122,8 @@ def _bracket(pat: bytes, i: int, newline: bool) -> Tuple[bytes, int]:
     return b"[" + body + b"]", i
 
 
-def translate(pat: bytes, extended: bool = True, newline: bool = False) -> Tuple[bytes, int]:
+def translate(pat: bytes, extended: bool = True, newline: bool = False,
+              icase: bool = False) -> Tuple[bytes, int]:
     """(Python pattern, number of subexpressions) for a POSIX ERE or BRE."""
     out: List[bytes] = []
     # Stack of (output index where the group starts, capturing?) per open group.
@@ -294,7 +297,12 @@ def translate(pat: bytes, extended: bool = True, newline: bool = False) -> Tuple
                 atom_start = -1
                 continue
             atom_start = len(out)
-            out.append(_lit(d))
+            if icase and 0x61 <= d <= 0x7A:
+                # glibc quirk: with REG_ICASE an escaped lowercase letter
+                # (other than the GNU operators above) matches nothing.
+                out.append(b"(?!)")
+            else:
+                out.append(_lit(d))
             continue
         atom_start = len(out)
         out.append(_lit(c))
@@ -307,7 +315,7 @@ def compile_posix(pattern: str, extended: bool = True, icase: bool = True,
                   newline: bool = False) -> Tuple["re.Pattern[bytes]", int]:
     """Compile a POSIX regex (as regcomp() with the given cflags would)."""
     raw = pattern.encode("utf-8", "surrogateescape")
-    py, nsub = translate(raw, extended, newline)
+    py, nsub = translate(raw, extended, newline, icase)
     flags = 0
     if icase:
         flags |= re.IGNORECASE

@@ -529,3 +529,77 @@ def test_root_only_table_opened_before_privilege_drop(conf, tmp_path):
     os.waitpid(pid, 0)
     with os.fdopen(r, "rb") as f:
         assert f.read() == b"user:password"
+
+
+# --------------------------------------------------------------------------------------
+# Pattern zoo: one pattern per table, every key against every pattern.
+
+ZOO_KEYS = [
+    b"", b"a", b"A", b"ab", b"abc", b"aBc", b"abcabc", b"aaa", b"b", b"ba", b"a.b", b"a+b",
+    b"a*b", b"a?b", b"a{2}", b"aa", b"x-y", b"x]y", b"x\\y", b"x^y", b"x$y", b"x|y",
+    b"(a)", b"[a]", b"foo bar", b"foo\tbar", b"foo\nbar", b"line\n", b"UPPER", b"lower",
+    b"MiXeD123", b"123", b"12.34.56.78", b"user@example.com", b"USER+ext@Example.COM",
+    b"<user@example.com>", b"Subject: hello", b"subject:HELLO world", "é".encode(),
+    "Ä".encode(), b"\xe9", b"\xff\xfe", b"a\x01b", b"word boundary", b"wordboundary",
+    b"_under_score", b"tab\there",
+]
+
+REGEXP_ZOO = [
+    b"/a/", b"/^a$/", b"/^a/i", b"/^A/i", b"/^a+$/", b"/^a*b$/", b"/^a?b$/", b"/^a{2}$/",
+    b"/^a{2,}$/", b"/^a{,2}$/", b"/a|b/", b"/^(a|b)+$/", b"/^(ab)+$/", b"/^[a-c]+$/",
+    b"/^[^a]*$/", b"/^[]]$/", b"/x[]]y/", b"/x[\\]y/", b"/x[\\^]y/", b"/x\\$y/",
+    b"/x\\|y/", b"/x[|]y/", b"/\\(a\\)/", b"/\\[a\\]/", b"/^[[:alpha:]]+$/",
+    b"/^[[:digit:].]+$/", b"/^[[:space:]]/", b"/[[:blank:]]/", b"/[[:upper:]]/",
+    b"/[[:upper:]]/i", b"/[[:punct:]]/", b"/[[:cntrl:]]/", b"/^[[:alnum:]_]+$/",
+    b"/^[[:xdigit:]]+$/", b"/[^[:print:]]/", b"/foo.bar/", b"/foo.bar/m", b"/^bar/m",
+    b"/^bar/", b"/foo$/m", b"/line$/", b"/\\<word\\>/", b"/\\bboundary/",
+    b"/\\Bboundary/", b"/\\w+@\\w+\\.com/", b"/\\W/", b"/\\s/", b"/\\S+/",
+    b"/^.$/", b"/^..$/", b"/a.b/", b"/a\\.b/", b"/a+b/", b"/a\\+b/", b"/a*b/",
+    b"/^a\\{2\\}$/x", b"/^a\\{2\\}$/", b"/^a+$/x", b"/^\\(a\\)\\1$/x", b"/^(a)\\1/",
+    b"/^(a|ab)(c|bcd)$/", b"/^ *$/", b"/[.]/", b"/^\\./", b"/\\n/", b"/\\t/",
+    b"/^(((a)))$/", b"/()/", b"/^a**$/", b"/^a+?$/", b"/x{/", b"/[a-]/", b"/[z-a]/",
+    b"/[[:nope:]]/", b"/(/", b"/)/", b"/*a/", b"/a|*b/", b"/\\//", b"/^[\xc3\xa9]$/",
+    b"/^\xc3\x84$/i", b"/\xe9/",
+]
+
+PCRE_ZOO = [
+    b"/a/", b"/^a$/", b"/^a/i", b"/^a+$/", b"/^a*?b$/", b"/^a{2}$/", b"/^a{2,}+$/",
+    b"/^a{,2}$/", b"/^(?:a|b)+$/", b"/^(ab)+$/", b"/^[a-c]+$/", b"/^[^a]*$/",
+    b"/^[]]$/", b"/x[\\]]y/", b"/x\\\\y/", b"/^[[:alpha:]]+$/", b"/^[[:^digit:]]+$/",
+    b"/[[:upper:]]/", b"/[[:punct:]]/", b"/^\\w+$/", b"/\\s/", b"/\\S\\s\\S/", b"/\\h/",
+    b"/\\v/", b"/\\R/", b"/\\N{2}/", b"/foo.bar/", b"/foo.bar/s", b"/^bar/m", b"/^bar/",
+    b"/foo$/m", b"/line$/", b"/line$/E", b"/line\\Z/", b"/line\\z/", b"/\\Aline/",
+    b"/\\bboundary/", b"/(?i)upper/", b"/a(?i)B/", b"/a(?i:B)c/", b"/(?-i)A/",
+    b"/^(?<x>a)\\k<x>/", b"/^(?'x'a)\\k{x}/", b"/^(a)\\g1/", b"/^(a)\\g{-1}/",
+    b"/^(?P<n>a)(?P=n)/", b"/(?=b)/", b"/(?<!a)b/", b"/^(?>a+)b/", b"/^a++b/",
+    b"/\\x41/", b"/\\x{42}/i", b"/\\101/", b"/\\Qa.b\\E/", b"/\\Q(a)/", b"/\\e/",
+    b"/\\cA/", b"/^ab c$/x", b"/^a b # comment/x", b"/^[a b]+$/x", b"/^a+?/U",
+    b"/^(a+)(a*)$/U", b"/^a/A", b"/b/A", b"/^(a|ab)(c|bcd)$/", b"/(?#comment)a/",
+    b"/(a)?(?(1)b|c)/", b"/x{/", b"/[z-a]/", b"/(?R)/", b"/\\K/", b"/(/", b"/\\p{L}/",
+    b"/[[:nope:]]/", b"/^.$/", b"/^\xc3\xa9$/", b"/\xe9/", b"/^\\d{1,3}(\\.\\d{1,3}){3}$/",
+    b"/@example\\.com>?$/i", b"/^subject:\\s*hello/i",
+]
+
+
+def _zoo(conf: _Conf, type_: str, patterns) -> None:
+    failures = []
+    for i, pat in enumerate(patterns):
+        rule = pat + b" hit-$$" + b"\n"
+        src = conf.write("zoo%d" % i, rule)
+        spec = "%s:%s" % (type_, src)
+        expect = conf.query(spec, ZOO_KEYS)
+        got = ours(conf, spec, ZOO_KEYS)
+        diff = {k: (expect.get(k), got.get(k)) for k in ZOO_KEYS if expect.get(k) != got.get(k)}
+        if diff:
+            failures.append((pat, diff))
+    assert not failures, "\n".join("%r: (postmap, ours) %r" % f for f in failures)
+
+
+def test_regexp_zoo(conf):
+    _zoo(conf, "regexp", REGEXP_ZOO)
+
+
+def test_pcre_zoo(conf, map_types):
+    if "pcre" not in map_types:
+        pytest.skip("postfix-pcre is not installed")
+    _zoo(conf, "pcre", PCRE_ZOO)
