@@ -64,7 +64,7 @@ def _agent_lines(inst: PostfixInstance) -> list:
 def run_scenario(base: str, agent, script: PeerScript, recipients=(RCPT,), message=MESSAGE,
                  main_cf=None, smtp_args=(), expect_empty=True, sender=SENDER,
                  wait_lines: int = 1, peer_down: bool = False, sendmail_args=(),
-                 via_smtp: bool = False) -> Outcome:
+                 via_smtp: bool = False, mail_params: str = "") -> Outcome:
     os.makedirs(base, mode=0o755, exist_ok=True)
     peer = SmtpPeer(script, max_lifetime=120)
     peer.start()
@@ -78,7 +78,7 @@ def run_scenario(base: str, agent, script: PeerScript, recipients=(RCPT,), messa
     try:
         inst.start()
         if via_smtp:
-            inst.smtp_submit(message, sender, list(recipients))
+            inst.smtp_submit(message, sender, list(recipients), mail_params=mail_params)
         else:
             inst.sendmail(message, sender, list(recipients), list(sendmail_args))
         inst.wait_log(r"postfix/(relay/)?smtp\[\d+\]: \w+: to=<", timeout=30, count=wait_lines)
@@ -113,6 +113,8 @@ def normalise_wire(data: bytes) -> bytes:
     """Mask what differs between two runs: dates, queue ids, Postfix's Message-Id."""
     data = DATE_RE.sub(b"DATE", data)
     data = re.sub(rb"<\d{14}\.[0-9A-F]{6,}@", b"<MSGID@", data)
+    data = re.sub(rb"\b[0-9A-F]{10,12}\b", b"QUEUEID", data)          # queue ids in notices
+    data = re.sub(rb"\bQUEUEID\.\d{9,11}/", b"QUEUEID.TIME/", data)   # MIME boundaries
     return re.sub(rb"\bid [0-9A-F]{6,}\b", b"id QUEUEID", data)
 
 
