@@ -83,6 +83,22 @@ _PHASE = {
 }
 _PHASE_NAMES = 3
 
+# X509_verify_cert_error_string() as Debian's OpenSSL 3.0 (stock's) words it,
+# where the bundled OpenSSL differs or may differ.
+_V_TEXT_30 = {
+    1: "unspecified certificate verification error",
+    7: "certificate signature failure",
+    24: "invalid CA certificate",
+    25: "path length constraint exceeded",
+    28: "certificate rejected",
+    62: "hostname mismatch",
+    64: "IP address mismatch",
+    65: "No matching DANE TLSA records",
+    66: "EE certificate key too weak",
+    67: "CA certificate key too weak",
+    68: "CA signature digest algorithm too weak",
+}
+
 _SIG_DIGEST = {
     0x0201: "SHA1", 0x0203: "SHA1", 0x0401: "SHA256", 0x0501: "SHA384", 0x0601: "SHA512",
     0x0403: "SHA256", 0x0503: "SHA384", 0x0603: "SHA512",
@@ -234,16 +250,13 @@ class Engine:
                 raise TlsEngineError("keypair") from None
 
 
-_engines: dict = {}
-
-
 def engine(config: TlsConfig, log=None) -> Engine:
-    """The process's TLS engine (created on first use); TlsEngineError when
-    stock would have disabled TLS support at start-up."""
-    e = _engines.get(id(config))
+    """The process's TLS engine (created on first use, kept on the config);
+    TlsEngineError when stock would have disabled TLS support at start-up."""
+    e = config.__dict__.get("_engine")
     if e is None:
         e = Engine(config, log)
-        _engines[id(config)] = e
+        config.__dict__["_engine"] = e
     return e
 
 
@@ -846,8 +859,10 @@ def _log_verify_error(log, namaddr: str, verr) -> None:
         log.info("certificate verification failed for %s: certificate chain longer than "
                  "limit(%d)" % (namaddr, depth - 1))
     else:
-        text = _lib.X509_verify_cert_error_string(err)
-        text = _ffi.string(text).decode("ascii", "replace") if text else "unknown"
+        text = _V_TEXT_30.get(err)
+        if text is None:
+            text = _lib.X509_verify_cert_error_string(err)
+            text = _ffi.string(text).decode("ascii", "replace") if text else "unknown"
         log.info("%s certificate verification failed for %s: num=%d:%s"
                  % (purpose, namaddr, err, text))
 
