@@ -151,6 +151,7 @@ GROUPS = {
                  ["nxdomain.test", "null.test"]),
     "loop": ({"smtp_randomize_addresses": "no"}, 25,
              ["loop.test", "backup.test", "hostloop.test"]),
+    "bestmx": ({"best_mx_transport": "error:5.1.2 best mx loop"}, 25, ["loop.test"]),
 }
 
 
@@ -159,7 +160,8 @@ GROUPS = {
 
 
 CONNECT = re.compile(r"postfix/smtp\[\d+\]: connect to (\S+?)\[([^\]]+)\]:\d+: (.*)$")
-FINAL = re.compile(r"postfix/smtp\[\d+\]: \w+: to=<([^>]+)>, relay=(\S+), .*dsn=([\d.]+), "
+FINAL = re.compile(r"postfix/(?:smtp|error)\[\d+\]: \w+: to=<([^>]+)>, relay=(\S+), "
+                   r".*dsn=([\d.]+), "
                    r"status=(\w+) \((.*)\)$")
 
 
@@ -364,3 +366,14 @@ def test_mail_loops_match_stock(world, tmp_base, agent_wrapper):
                                              "mail for loop.test loops back to myself")
     # backup MX: only the better MX is tried, never the worse one
     assert [c[1] for c in ours.connects("backup.test")] == [_ip(29)]
+
+
+@needs_agent_patch
+def test_best_mx_transport_matches_stock(world, tmp_base, agent_wrapper):
+    runs = _run_both(world, tmp_base, agent_wrapper, "bestmx")
+    _compare(runs, ["loop.test"])
+    for tag in ("stock", "agent"):
+        lines = runs[tag].lines
+        assert any(re.search(r"postfix/smtp\[\d+\]: \w+: passing <user@loop.test> to "
+                             r"transport=error$", ln) for ln in lines), tag
+    assert runs["agent"].outcome("loop.test")[1:] == ("5.1.2", "bounced", "best mx loop")
