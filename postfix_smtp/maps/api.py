@@ -330,11 +330,10 @@ class Maps:
         return self.changed_name() is not None
 
     def close(self) -> None:
+        """Close the tables (and connections) when this list owns its context;
+        tables of a shared context stay open for the other lists."""
         if self._own_ctx:
             self.ctx.close()
-        else:
-            for table in self.tables:
-                table.close()
         self.tables = []
 
 

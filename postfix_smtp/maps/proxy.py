@@ -45,6 +45,7 @@ class ProxyClient:
     def __init__(self, path: str, service: str, timeout: float, max_idle: float,
                  max_ttl: float) -> None:
         self.path = path
+        self.relative = os.path.join("private", service)
         self.service = service
         self.timeout = timeout
         self.max_idle = max_idle
@@ -60,7 +61,10 @@ class ProxyClient:
                                         or now - self._opened > self.max_ttl):
             self.recover()
         if self.stream is None:
-            stream = AttrStream.connect_unix(self.path, self.timeout)
+            # Inside a chroot (or after chdir to the queue directory) the
+            # relative name is the one that works, as in stock.
+            path = self.relative if os.path.exists(self.relative) else self.path
+            stream = AttrStream.connect_unix(path, self.timeout)
             try:
                 stream.expect_protocol("proxymap_protocol")
             except Exception:
@@ -174,11 +178,5 @@ class ProxyTable(Table):
 
 
 def proxy_socket_path(queue_directory: str, service: str) -> str:
-    """dict_proxy_open(): private/<service> if reachable from the cwd, else absolute."""
-    relative = os.path.join("private", service)
-    if os.path.exists(relative) and os.path.realpath(relative) == os.path.realpath(
-            os.path.join(queue_directory, relative)):
-        return relative
-    if os.path.exists(relative) and not queue_directory:
-        return relative
-    return os.path.join(queue_directory, relative)
+    """$queue_directory/private/<service> (the relative name is tried first on connect)."""
+    return os.path.join(queue_directory, "private", service)
