@@ -753,6 +753,18 @@ def default_python() -> tuple:
     return "/usr/bin/python3", "repo"
 
 
+def installed_location(python: str) -> str:
+    """Where ``python -I`` imports postfix_smtp from ("" if it cannot)."""
+    try:
+        r = subprocess.run([python, "-I", "-c", "import postfix_smtp,os;"
+                            "print(os.path.dirname(postfix_smtp.__file__))"],
+                           cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
 def installed_differs(python: str) -> str | None:
     """When the interpreter imports an installed copy of postfix_smtp that
     differs from this checkout, say so (the benchmark would measure old code)."""
@@ -911,7 +923,7 @@ def main(argv=None) -> int:
         pythonpath = a.pythonpath or None
     top = tempfile.mkdtemp(prefix="postfix_smtp-bench-", dir=a.base)
     os.chmod(top, 0o755)
-    source = "installed package"
+    source = "the installed package (%s)" % (installed_location(python) or "not importable!")
     try:
         if pythonpath:
             pythonpath, source = source_snapshot(pythonpath, python, top)
@@ -921,7 +933,7 @@ def main(argv=None) -> int:
                 note("warning: %s imports %s, which differs from this checkout; this "
                      "measures the installed copy (re-run scripts/setup.sh, or use "
                      "--pythonpath repo)" % (python, stale))
-                source = "installed package (differs from the checkout)"
+                source = "the installed package at %s (differs from the checkout)" % stale
     except (OSError, subprocess.SubprocessError, HarnessError) as exc:
         shutil.rmtree(top, ignore_errors=True)
         note("cannot prepare the agent's source: %s" % exc)

@@ -10,7 +10,7 @@ Run as root (private Postfix instances on /dev/shm, loopback only):
    - ``-X importtime`` of ``python -m postfix_smtp``: the slowest imports;
    - cProfile of the whole start-up (``python -m cProfile -m postfix_smtp``).
 2. Per request: one agent process (smtp maxproc 1, ``-o max_use=1000000
-   -o max_idle=3s``) delivers ``--messages`` held-then-released messages to
+   -o max_idle=10s``) delivers ``--messages`` held-then-released messages to
    smtp-sink:
    - under cProfile (the process dumps its profile when max_idle ends it);
    - without cProfile, sampled by py-spy (``--py-spy PATH``, or found on
@@ -200,6 +200,39 @@ def _short(frame: str) -> str:
     return "%s (%s)" % (name, path)
 
 
+def strace_counts(path: str) -> dict:
+    """syscall -> calls from ``strace -c`` output."""
+    out = {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                try:
+                    out[parts[-1]] = int(parts[3])
+                except ValueError:
+                    continue
+    return out
+
+
+def syscalls(a, python, pythonpath, top, out) -> str:
+    n = a.messages
+    counts = {}
+    for label, stock in (("stock", True), ("postfix_smtp", False)):
+        path = requests(a, python, pythonpath, top, out, "strace", stock=stock)
+        counts[label] = strace_counts(path) if path else {}
+    names = sorted(set(counts["stock"]) | set(counts["postfix_smtp"]),
+                   key=lambda k: -(counts["postfix_smtp"].get(k, 0) + counts["stock"].get(k, 0)))
+    lines = ["system calls per request, one process, %d requests (strace -c -p, attached "
+             "after the warm-up):" % n,
+             "%-16s %8s %14s" % ("syscall", "stock", "postfix_smtp")]
+    for k in names:
+        lines.append("%-16s %8.2f %14.2f" % (k, counts["stock"].get(k, 0) / n,
+                                             counts["postfix_smtp"].get(k, 0) / n))
+    lines.append("%-16s %8.2f %14.2f" % ("total", sum(counts["stock"].values()) / n,
+                                         sum(counts["postfix_smtp"].values()) / n))
+    return "\n".join(lines) + "\n"
+
+
 def spawn_ms(cmd: list, env: dict, n: int) -> float:
     ts = []
     for _ in range(max(1, n)):
@@ -213,10 +246,13 @@ def spawn_ms(cmd: list, env: dict, n: int) -> float:
 
 def find_agent(inst: PostfixInstance, timeout: float = 10) -> int | None:
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while True:
         for k in bench.children(inst.master_pid or 0):
-            if "postfix_smtp" in bench.cmdline(k):
+            cmd = bench.cmdline(k)
+            if bench.service_of(cmd) == "smtp" and os.path.basename(cmd[0]) != "sh":
                 return k
+        if time.monotonic() >= end:
+            break
         time.sleep(0.02)
     return None
 
@@ -288,8 +324,9 @@ def startup(a, python, pythonpath, top, out) -> str:
     return "\n".join(report)
 
 
-def requests(a, python, pythonpath, top, out, how: str) -> str:
-    """One agent process, many requests; how = 'cprofile' or 'pyspy'."""
+def requests(a, python, pythonpath, top, out, how: str, stock: bool = False) -> str:
+    """One agent process, many requests; how = 'cprofile', 'pyspy' or 'strace'
+    (``stock``: the stock smtp(8), for strace only)."""
     base = tempfile.mkdtemp(prefix="prof-%s-" % how, dir=top)
     os.chmod(base, 0o755)
     pdir = os.path.join(base, "prof")
@@ -297,15 +334,17 @@ def requests(a, python, pythonpath, top, out, how: str) -> str:
     os.chmod(pdir, 0o1777)
     pre = "-m cProfile -o %s" % os.path.join(pdir, "req.$$.prof") if how == "cprofile" else ""
     sink = SmtpSink(os.path.join(base, "sink"), max_lifetime=900)
-    inst = PostfixInstance(os.path.join(base, "pf"), agent=Script(python, pythonpath, pre),
+    inst = PostfixInstance(os.path.join(base, "pf"),
+                           agent=None if stock else Script(python, pythonpath, pre),
                            smtp_maxproc="1",
-                           smtp_args=["-o", "max_use=1000000", "-o", "max_idle=3s"],
+                           smtp_args=["-o", "max_use=1000000", "-o", "max_idle=10s"],
                            main_cf={"smtpd_end_of_data_restrictions": HOLD_RESTRICTION},
                            quick_start=True, max_lifetime=900)
     n = a.messages
     report = []
     spy = None
     raw = os.path.join(out, "pyspy-requests.txt")
+    trace = os.path.join(out, "strace-%s.txt" % ("stock" if stock else "postfix_smtp"))
     try:
         sink.start()
         inst.relayhost = sink.address
@@ -330,6 +369,11 @@ def requests(a, python, pythonpath, top, out, how: str) -> str:
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE)
             time.sleep(0.5)
+        if how == "strace" and agent:
+            spy = subprocess.Popen(["strace", "-c", "-S", "calls", "-o", trace, "-p", str(agent)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+            time.sleep(0.5)
         cpu0 = bench.read_schedstat_ns(agent) if agent else None
         t0 = time.monotonic()
         _flush(inst)
@@ -344,8 +388,7 @@ def requests(a, python, pythonpath, top, out, how: str) -> str:
                 spy.kill()
                 spy.communicate()
         if how == "cprofile":         # max_idle ends the process; it dumps the profile
-            _wait(lambda: any(f.endswith(".prof") for f in os.listdir(pdir)), 30, lambda: None,
-                  0.1)
+            _wait(lambda: find_agent(inst, 0) is None, 60, lambda: None, 0.2)
             time.sleep(0.5)
     finally:
         if spy is not None and spy.poll() is None:
@@ -361,14 +404,20 @@ def requests(a, python, pythonpath, top, out, how: str) -> str:
         for f in files:
             shutil.copy(f, out)
         if files:
-            report.append("cProfile, whole process (start-up + %d requests + exit); %.3f ms "
-                          "per request under the profiler:" % (n + 1, 1000.0 * pstats_total(files)
-                                                               / (n + 1)))
+            total = pstats_total(files)
+            waited = sum(tt for (fn, _l, func), (_c, _n, tt, _ct, _x) in _load(files).stats.items()
+                         if fn == "~" and "poll" in func)
+            report.append("cProfile (wall clock), whole process (start-up + %d requests + "
+                          "exit): %.3f ms per request under the profiler, %.3f ms of it "
+                          "waiting in poll():" % (n + 1, 1000.0 * total / (n + 1),
+                                                  1000.0 * waited / (n + 1)))
             report.append(pstats_text(files, "tottime", a.top, n + 1, "req"))
             report.append(pstats_text(files, "cumtime", a.top, n + 1, "req"))
             report.append(pstats_text(files, "cumtime", a.top, n + 1, "req", "postfix_smtp/"))
         else:
             report.append("(no cProfile output)")
+    elif how == "strace":
+        return trace if os.path.exists(trace) else ""
     elif os.path.exists(raw):
         report.append("py-spy, %d Hz, non-blocking, during the %d requests:" % (a.rate, n))
         report.append(pyspy_report(raw, a.top))
@@ -388,8 +437,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=int, default=1000, help="py-spy samples per second (1000)")
     ap.add_argument("--py-spy", default=shutil.which("py-spy") or "",
                     help="py-spy binary (default: from PATH); empty to skip")
-    ap.add_argument("--what", default="startup,cprofile,pyspy",
-                    help="comma-separated: startup, cprofile, pyspy (default all)")
+    ap.add_argument("--what", default="startup,cprofile,pyspy,strace",
+                    help="comma-separated: startup, cprofile, pyspy, strace (default all)")
     ap.add_argument("--out", help="directory for the profiles and the report "
                                   "(default: a new /tmp/postfix_smtp-profile-*)")
     ap.add_argument("--timeout", type=float, default=300)
@@ -420,6 +469,13 @@ def main(argv=None) -> int:
             note("requests under cProfile: %d" % a.messages)
             sections.append("== per request: cProfile ==\n"
                             + requests(a, python, pythonpath, top, out, "cprofile"))
+        if "strace" in what:
+            if shutil.which("strace"):
+                note("system calls (strace -c), %d requests per agent" % a.messages)
+                sections.append("== per request: system calls ==\n"
+                                + syscalls(a, python, pythonpath, top, out))
+            else:
+                sections.append("== per request: system calls ==\n(strace not installed)")
         if "pyspy" in what:
             if a.py_spy and os.access(a.py_spy, os.X_OK):
                 note("requests under py-spy: %d" % a.messages)
