@@ -83,21 +83,6 @@ _PHASE = {
 }
 _PHASE_NAMES = 3
 
-# X509_verify_cert_error_string() as Debian's OpenSSL 3.0 (stock's) words it,
-# where the bundled OpenSSL differs or may differ.
-_V_TEXT_30 = {
-    1: "unspecified certificate verification error",
-    7: "certificate signature failure",
-    24: "invalid CA certificate",
-    25: "path length constraint exceeded",
-    28: "certificate rejected",
-    62: "hostname mismatch",
-    64: "IP address mismatch",
-    65: "No matching DANE TLSA records",
-    66: "EE certificate key too weak",
-    67: "CA certificate key too weak",
-    68: "CA signature digest algorithm too weak",
-}
 
 _SIG_DIGEST = {
     0x0201: "SHA1", 0x0203: "SHA1", 0x0401: "SHA256", 0x0501: "SHA384", 0x0601: "SHA512",
@@ -859,10 +844,8 @@ def _log_verify_error(log, namaddr: str, verr) -> None:
         log.info("certificate verification failed for %s: certificate chain longer than "
                  "limit(%d)" % (namaddr, depth - 1))
     else:
-        text = _V_TEXT_30.get(err)
-        if text is None:
-            text = _lib.X509_verify_cert_error_string(err)
-            text = _ffi.string(text).decode("ascii", "replace") if text else "unknown"
+        text = _lib.X509_verify_cert_error_string(err)
+        text = _ffi.string(text).decode("ascii", "replace") if text else "unknown"
         log.info("%s certificate verification failed for %s: num=%d:%s"
                  % (purpose, namaddr, err, text))
 

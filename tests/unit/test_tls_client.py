@@ -129,7 +129,7 @@ def test_fingerprint(pki):
                          fingerprint_cert_match=fingerprint(pki.cert("good")))
     assert not t.matched
     assert log.lines[0] == ("info: server certificate verification failed for "
-                            "mx.test.invalid[127.0.0.1]:25: num=65:No matching DANE TLSA records")
+                            "mx.test.invalid[127.0.0.1]:25: num=65:no matching DANE TLSA records")
 
 
 def test_sni_and_wrapper(pki):
