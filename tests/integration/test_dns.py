@@ -116,6 +116,13 @@ ZONES = [
     ("six.test", "MX", ["10 mx.six.test."]),
     ("mx.six.test", "A", [_ip(28)]),
     ("mx.six.test", "AAAA", ["::1"]),
+    # equal preferences, shuffled (smtp_randomize_addresses = yes)
+    ("rand.test", "MX", ["10 r1.rand.test.", "10 r2.rand.test.", "10 r3.rand.test.",
+                         "20 ok.rand.test."]),
+    ("r1.rand.test", "A", [_ip(11)]),
+    ("r2.rand.test", "A", [_ip(12)]),
+    ("r3.rand.test", "A", [_ip(13)]),
+    ("ok.rand.test", "A", [_ip(30)]),
     # the fallback relay group: mail for a domain that does not exist
     # the loop group (port 25)
     ("loop.test", "MX", ["10 me.loop.test."]),
@@ -151,6 +158,7 @@ GROUPS = {
                  ["nxdomain.test", "null.test"]),
     "loop": ({"smtp_randomize_addresses": "no"}, 25,
              ["loop.test", "backup.test", "hostloop.test"]),
+    "random": ({}, None, ["rand.test"]),
     "bestmx": ({"best_mx_transport": "error:5.1.2 best mx loop"}, 25, ["loop.test"]),
 }
 
@@ -377,3 +385,12 @@ def test_best_mx_transport_matches_stock(world, tmp_base, agent_wrapper):
         assert any(re.search(r"postfix/smtp\[\d+\]: \w+: passing <user@loop.test> to "
                              r"transport=error$", ln) for ln in lines), tag
     assert runs["agent"].outcome("loop.test")[1:] == ("5.1.2", "bounced", "best mx loop")
+
+
+@needs_agent_patch
+def test_randomized_equal_preferences_match_stock(world, tmp_base, agent_wrapper):
+    runs = _run_both(world, tmp_base, agent_wrapper, "random")
+    _compare(runs, ["rand.test"], unordered=("rand.test",))
+    tried = runs["agent"].connects("rand.test")
+    assert sorted(c[1] for c in tried) == [_ip(11), _ip(12), _ip(13)]
+    assert runs["agent"].outcome("rand.test")[2] == "sent"
