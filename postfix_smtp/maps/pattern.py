@@ -30,7 +30,7 @@ _MATCH, _IF, _ENDIF = 1, 2, 3
 
 class _Rule:
     __slots__ = ("op", "lineno", "rx", "match", "rx2", "match2", "tokens", "literal",
-                 "max_sub", "end", "anchored")
+                 "max_sub", "end", "anchored", "longest")
 
     def __init__(self, op: int, lineno: int) -> None:
         self.op = op
@@ -44,6 +44,7 @@ class _Rule:
         self.max_sub = 0
         self.end = -1          # IF: index of the matching ENDIF, -1 if none
         self.anchored = False
+        self.longest = 0       # regexp: 0 no POSIX extension, 1 to the end only, 2 any
 
 
 def read_rules_source(type_: str, name: str) -> Tuple[str, int]:
@@ -260,6 +261,8 @@ class PatternTable(Table):
                     continue
                 if rule.literal is not None:
                     return rule.literal
+                if rule.longest and m.end() < len(subject):
+                    m = _posix_longest(rule, subject, m)
                 out = []
                 for kind, text in rule.tokens:
                     if kind == LITERAL:
@@ -280,6 +283,29 @@ class PatternTable(Table):
                 continue
             i += 1
         return None
+
+
+#: Longest stretch past a match that the POSIX extension below will try.
+_LONGEST_LIMIT = 2048
+
+
+def _posix_longest(rule: _Rule, subject: bytes, m: Any) -> Any:
+    """Leftmost-longest: POSIX (and glibc) take the longest match at the
+    leftmost position, Python the first one its backtracking finds.  Whether
+    a rule matches does not depend on this, the $n texts can: try longer
+    matches at the same start, longest first.  Patterns that look at the end
+    of the subject (``$``, ``\\b``...) are only tried against the whole rest."""
+    start, n = m.start(), len(subject)
+    full = rule.rx.fullmatch(subject, start)
+    if full is not None:
+        return full
+    if rule.longest == 1 or n - m.end() > _LONGEST_LIMIT:
+        return m
+    for end in range(n - 1, m.end(), -1):
+        full = rule.rx.fullmatch(subject, start, end)
+        if full is not None:
+            return full
+    return m
 
 
 class RegexpTable(PatternTable):
@@ -306,6 +332,10 @@ class RegexpTable(PatternTable):
         except RegexError as exc:
             self._warn(lineno, str(exc))
             return False
+        py = rule.rx.pattern
+        if any(q in py for q in (b"|", b"*", b"+", b"?", b"{")):
+            end_sensitive = any(a in py for a in (b"\\Z", b"$", b"\\b", b"\\B"))
+            rule.longest = 1 if end_sensitive else 2
         return True
 
 

@@ -603,3 +603,30 @@ def test_pcre_zoo(conf, map_types):
     if "pcre" not in map_types:
         pytest.skip("postfix-pcre is not installed")
     _zoo(conf, "pcre", PCRE_ZOO)
+
+
+CAPTURE_ZOO = [
+    (b"/x(a|ab)/", 1), (b"/(a|ab)(c|bcd)(d*)/", 3), (b"/(a*)(ab)?b?/", 2),
+    (b"/(a|ab)(b*)/", 2), (b"/^(.*)(b+)/", 2), (b"/(\\w+)@(\\w+|\\w+\\.\\w+)/", 2),
+    (b"/(a|ab|abc)(c?)/", 2), (b"/((a)|b)+/", 2), (b"/(a+|b+)*/", 1),
+    (b"/([a-z]*)([a-z]*)/", 2), (b"/(.)(.)?(.)?/", 3), (b"/(foo|foobar)\\>/", 1),
+    (b"/(u|us|use|user)(.*)@/", 2), (b"/^(a|ab)(c|bcd)$/", 2),
+]
+
+CAPTURE_KEYS = ZOO_KEYS + [b"xab", b"xabab", b"abcd", b"aab", b"aabb", b"abbb", b"abcc",
+                           b"foobar baz", b"foobarx", b"ab.cd@ef.gh", b"user@x", b"usex"]
+
+
+def test_regexp_capture_zoo(conf):
+    failures = []
+    for i, (pat, nsub) in enumerate(CAPTURE_ZOO):
+        rule = pat + b" " + b"|".join(b"<$%d>" % (g + 1) for g in range(nsub)) + b"\n"
+        src = conf.write("cz%d" % i, rule)
+        spec = "regexp:" + src
+        expect = conf.query(spec, CAPTURE_KEYS)
+        got = ours(conf, spec, CAPTURE_KEYS)
+        diff = {k: (expect.get(k), got.get(k)) for k in CAPTURE_KEYS
+                if expect.get(k) != got.get(k)}
+        if diff:
+            failures.append((pat, diff))
+    assert not failures, "\n".join("%r: (postmap, ours) %r" % f for f in failures)
