@@ -28,7 +28,7 @@ from .smtp.session import Endpoint
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: keep typing off the start-up path
     import random
-    from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+    from typing import Iterable, List, Optional, Sequence, Tuple
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
