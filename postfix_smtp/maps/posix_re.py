@@ -22,11 +22,12 @@ What is translated:
   except that with REG_ICASE glibc makes an escaped lowercase letter match
   nothing (``\\n``, ``\\t``, ``\\d`` never match), which is reproduced.
 
-Known difference: POSIX picks the leftmost-*longest* match and glibc sizes
-subexpressions accordingly, Python the leftmost-first.  Whether a pattern
-matches is the same; the text of ``$1``..``$9`` can differ for ambiguous
-alternations (``(a|ab)(c|bcd)``).  Multi-character collating elements and
-equivalence classes other than single characters are rejected.
+Matching semantics: POSIX (and glibc) report the leftmost-*longest* match,
+Python the leftmost match its backtracking finds first.  Whether a pattern
+matches is the same; for ``$1``..``$9`` the regexp table extends Python's
+match to the longest one at the same start (see pattern._posix_longest),
+which reproduces glibc on every case the tests compare.  Multi-character
+collating elements and equivalence classes are rejected.
 """
 
 from __future__ import annotations

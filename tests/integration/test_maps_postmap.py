@@ -630,3 +630,28 @@ def test_regexp_capture_zoo(conf):
         if diff:
             failures.append((pat, diff))
     assert not failures, "\n".join("%r: (postmap, ours) %r" % f for f in failures)
+
+
+PCRE_CAPTURE_ZOO = [
+    (b"/x(a|ab)/", 1), (b"/(a|ab)(c|bcd)(d*)/", 3), (b"/(a*)(ab)?b?/", 2),
+    (b"/^(.*?)(b+)/", 2), (b"/(\\w+)@(\\w+|\\w+\\.\\w+)/", 2), (b"/((a)|b)+/", 2),
+    (b"/(.)(.)?(.)?/", 3), (b"/(?<n>u|us)(.*)@/", 2), (b"/^(a+)(a*)$/U", 2),
+    (b"/(a)?(?(1)b|c)(.*)/", 2),
+]
+
+
+def test_pcre_capture_zoo(conf, map_types):
+    if "pcre" not in map_types:
+        pytest.skip("postfix-pcre is not installed")
+    failures = []
+    for i, (pat, nsub) in enumerate(PCRE_CAPTURE_ZOO):
+        rule = pat + b" " + b"|".join(b"<$%d>" % (g + 1) for g in range(nsub)) + b"\n"
+        src = conf.write("pz%d" % i, rule)
+        spec = "pcre:" + src
+        expect = conf.query(spec, CAPTURE_KEYS)
+        got = ours(conf, spec, CAPTURE_KEYS)
+        diff = {k: (expect.get(k), got.get(k)) for k in CAPTURE_KEYS
+                if expect.get(k) != got.get(k)}
+        if diff:
+            failures.append((pat, diff))
+    assert not failures, "\n".join("%r: (postmap, ours) %r" % f for f in failures)
