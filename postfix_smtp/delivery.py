@@ -67,6 +67,7 @@ class Delivery:
         self._sessions = 0
         self._last_was_fallback = False
         self._final = False
+        self.resolver = destinations.AddressResolver.shared(settings.lookup, log)
 
     # --- finishing recipients --------------------------------------------------
     def _finish(self, rcpt: Recipient, relay: str, dsn: Dsn, soft: bool) -> int:
@@ -129,8 +130,11 @@ class Delivery:
             for si, site in enumerate(sites):
                 if not self.todo:
                     break
-                self._try_site(site, last_site=(si == len(sites) - 1),
-                               is_fallback=si >= nsites)
+                # stock SMTP_MISC_FLAG_FINAL_NEXTHOP: the last destination, or
+                # one that ends the list (we are its MX host, or mail loops)
+                if self._try_site(site, final_nexthop=(si == len(sites) - 1),
+                                  is_fallback=si >= nsites):
+                    break
             if self.todo:
                 self._final_failure(sites)
         except destinations.DestinationSyntaxError as exc:
@@ -151,35 +155,74 @@ class Delivery:
                   and nexthop_sites[0] == self.s.relayhost):
                 self.log.warning("relayhost configuration problem")
                 status = "4.3.5"
+            elif (self.s.personality == "smtp" and status[1:] == ".4.6"
+                  and self.s.best_mx_transport):
+                self._pass_to_best_mx(self.s.best_mx_transport)
+                return
         dsn = Dsn(status=status, reason=why.reason, action="")
         self._bulk_fail(dsn, "none", final=True, throttle=True)
 
-    def _try_site(self, site: str, last_site: bool, is_fallback: bool) -> None:
+    def _try_site(self, site: str, final_nexthop: bool, is_fallback: bool) -> bool:
+        """One destination: look up its addresses and try them in order.
+        Returns True when no further destination may be tried."""
         self._last_was_fallback = is_fallback
         dest = destinations.parse_destination(site, self.s.tcp_port, self.s.known_tcp_ports)
-        try:
-            endpoints = destinations.resolve(dest, self.s.inet_protocols)
-        except destinations.LookupError_ as exc:
-            if self.why is None or not self.why.status.startswith("4"):
-                self.why = Failure(exc.status, exc.reason)
-            else:
-                self.why = Failure(self.why.status, exc.reason)
-            return
+        found = self.resolver.resolve(dest)
+        # the lookup starts a fresh error (stock: dsb_reset() in smtp_*_addr())
+        self.why = Failure(*found.error) if found.error else None
+        if found.final:
+            final_nexthop = True
+        endpoints = found.endpoints()
         addr_limit = self.s.mx_address_limit
         sess_limit = self.s.mx_session_limit
         addr_count = sess_count = 0
         for i, ep in enumerate(endpoints):
             if not self.todo:
-                return
+                break
             addr_count += 1
             last_addr = (i == len(endpoints) - 1 or (addr_limit and addr_count >= addr_limit))
-            final = bool(last_site and last_addr)
+            final = bool(final_nexthop and last_addr)
             sessions_before = self._sessions
-            self._try_server(ep, final, last_site, sess_limit, sess_count)
+            self._try_server(ep, final, final_nexthop, sess_limit, sess_count)
             if self._sessions > sessions_before:
                 sess_count += 1
             if (addr_limit and addr_count >= addr_limit) or (sess_limit and sess_count >= sess_limit):
-                return
+                break
+        return final_nexthop
+
+    def _pass_to_best_mx(self, service: str) -> None:
+        """best_mx_transport: hand every remaining recipient to that transport
+        (stock deliver_pass_all(); its status becomes the request status)."""
+        from .ipc.stream import AttrStream, IpcError
+        transport, _, nexthop = service.partition(":")
+        nexthop = nexthop or self.req.nexthop
+        req = self.req
+        path = "private/%s" % transport          # relative: valid inside a chroot jail too
+        for rcpt in list(self.todo):
+            self.log.info("%s: passing <%s> to transport=%s" % (req.queue_id, rcpt.address,
+                                                                transport))
+            failure = None
+            stream = None
+            try:
+                stream = AttrStream.connect_unix(path, self.s.ipc_timeout)
+                stream.expect_protocol("delivery_request_protocol")
+                stream.send(_pass_request_attrs(req, nexthop))
+                stream.send(rcpt.attrs())
+                reply = stream.receive()
+                values = [v for _n, v in reply]
+                if len(reply) != 8 or reply[-1][0] != "status":
+                    failure = "unknown mail transport error"
+                elif values[-1] not in ("0", ""):
+                    self.status |= -1
+            except IpcError as exc:
+                self.log.warning("%s" % exc)
+                failure = "mail transport unavailable"
+            finally:
+                if stream is not None:
+                    stream.close()
+            if failure is not None:
+                self.status |= self.rep.defer(rcpt, "none", Dsn(status="4.3.0", reason=failure))
+            self.todo.remove(rcpt)
 
     # --- one server -----------------------------------------------------------------
     def _try_server(self, ep: Endpoint, final: bool, last_site: bool,
@@ -633,6 +676,22 @@ class Delivery:
         if "D" in letters and self.todo:
             out.append("Delivered-To: %s" % quote_822(self.todo[0].address))
         return [h.encode("utf-8", "surrogateescape") for h in out]
+
+
+def _pass_request_attrs(req, nexthop: str) -> list:
+    """The 23 attributes of a delivery request, for deliver_pass (one recipient)."""
+    return [
+        ("flags", req.flags), ("queue_name", req.queue_name), ("queue_id", req.queue_id),
+        ("offset", req.data_offset), ("size", req.data_size), ("nexthop", nexthop),
+        ("encoding", req.encoding), (req.sendopts_name, req.smtputf8), ("sender", req.sender),
+        ("envelope_id", req.envelope_id), ("ret_flags", req.ret_flags),
+        ("time", req.stats.pack()), ("log_client_name", req.client_name),
+        ("log_client_address", req.client_addr), ("log_client_port", req.client_port),
+        ("log_protocol_name", req.client_proto), ("log_helo_name", req.client_helo),
+        ("sasl_method", req.sasl_method), ("sasl_username", req.sasl_username),
+        ("sasl_sender", req.sasl_sender), ("log_ident", req.log_ident),
+        ("rewrite_context", req.rewrite_context), ("recipient_count", 1),
+    ]
 
 
 def _where(stage: Stage) -> str:

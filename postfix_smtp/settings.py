@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .config.params import Params
+from .destinations import LookupConfig
 from .smtp.protocol import Stage
 
 _TIMEOUT_PARAMS = {
@@ -72,6 +73,8 @@ class Settings:
     verify_negative_cache: bool
     relayhost: str
     tls_level: str = "none"
+    lookup: LookupConfig = field(default_factory=LookupConfig)
+    best_mx_transport: str = ""
     pix_workarounds: list = field(default_factory=list)
     pix_delay_time: float = 10.0
     pix_threshold_time: float = 500.0
@@ -99,6 +102,8 @@ class Settings:
                     if n:
                         known[n] = int(names[-1])
         fallback = p.slist("smtp_fallback_relay")
+        lookup = LookupConfig.from_params(p, personality)
+        warnings.extend(lookup.warnings)
         tls_level = p.sget("smtp_tls_security_level").strip().lower()
         if not tls_level:       # the obsolete controls decide (smtp-client.md 8.1)
             if p.sbool("smtp_enforce_tls"):
@@ -162,6 +167,8 @@ class Settings:
             verify_negative_cache=p.get_bool("address_verify_negative_cache"),
             relayhost=p.get("relayhost"),
             tls_level=tls_level,
+            lookup=lookup,
+            best_mx_transport=p.get("best_mx_transport").strip(),
             pix_workarounds=p.slist("smtp_pix_workarounds"),
             pix_delay_time=p.stime("smtp_pix_workaround_delay_time"),
             pix_threshold_time=p.stime("smtp_pix_workaround_threshold_time"),

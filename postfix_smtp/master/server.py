@@ -158,6 +158,10 @@ def _preload_for_jail() -> None:
 def _drop_privileges(settings, o, log) -> None:
     if o.chroot:
         _preload_for_jail()
+        # dnspython's record classes, resolv.conf parsing, and the local
+        # addresses (read from /proc) for the "mail loops back to myself" check
+        from ..destinations import prepare_for_chroot
+        prepare_for_chroot(settings.lookup)
     try:
         pw = pwd.getpwnam(settings.mail_owner)
     except KeyError:
