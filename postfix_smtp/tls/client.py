@@ -126,11 +126,33 @@ class Engine:
         self.log = log or _NullLog()
         self._contexts: dict = {}
         self._base_checked = False
+        # per-connection callbacks (a Context cannot be changed once used)
+        self.verify_hook = None
+        self.msg_hook = None
+        self._msg_cb = _ffi.callback("void(int, int, int, void *, size_t, SSL *, void *)",
+                                     self._on_msg)
         self.scache = None
         self._make_context(None, None, [])        # fail now, as tls_client_init() does
         if config.session_cache_database.strip():
             from .scache import SessionCache
             self.scache = SessionCache(config, self.log)
+
+    def _on_verify(self, conn, cert, errnum, depth, ok):
+        hook = self.verify_hook
+        if hook is not None:
+            try:
+                hook(conn, cert, errnum, depth, ok)
+            except Exception:
+                pass
+        return True
+
+    def _on_msg(self, write_p, version, content_type, buf, length, ssl, arg):
+        hook = self.msg_hook
+        if hook is not None:
+            try:
+                hook(write_p, version, content_type, buf, length, ssl, arg)
+            except Exception:
+                pass
 
     # context creation (tls_client_init + the per-session settings we cannot
     # set on an SSL object through pyOpenSSL: cipher list, protocol range)
@@ -191,6 +213,8 @@ class Engine:
                 ctx.set_cipher_list(cipher_string.encode())
             except SSL.Error:
                 return None
+        ctx.set_verify(SSL.VERIFY_NONE, self._on_verify)
+        _lib.SSL_CTX_set_msg_callback(ctx._context, self._msg_cb)
         self._contexts[key] = ctx
         return ctx
 
@@ -590,7 +614,7 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
                         _x509_name_oneline(cert.get_subject()) if cert else "<unknown>"))
         return True
 
-    ctx.set_verify(SSL.VERIFY_NONE, verify_cb)
+    eng.verify_hook = verify_cb
 
     # TLS 1.3 signature schemes, seen in the (decrypted) CertificateVerify
     sigs = {}
@@ -607,8 +631,7 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
         except Exception:
             pass
 
-    cb = _ffi.callback("void(int, int, int, void *, size_t, SSL *, void *)", msg_cb)
-    _lib.SSL_CTX_set_msg_callback(ctx._context, cb)
+    eng.msg_hook = msg_cb
     conn = SSL.Connection(ctx, sock)       # copies the callbacks
     ssl = conn._ssl
 
@@ -710,6 +733,9 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
                 if peername is None:
                     final = [(0, V_HOSTNAME_MISMATCH, peer)]
         else:
+            if reused:          # no chain checks on resumption: the session's result
+                vr = int(_lib.SSL_get_verify_result(ssl))
+                errors = [] if vr == V_OK else [(0, vr, peer)]
             final = [e for e in errors if _PHASE.get(e[1], 9) < _PHASE_NAMES]
             if refs or ip_ref is not None or must_fail:
                 sans, cns = _cert_names(peer)
@@ -767,7 +793,6 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
             "issuer_CN": _name_attr(peer, "issuer", ("COMMON_NAME", "ORGANIZATION_NAME"))
             if peer else ""}
     stream = TlsStream(conn, sock, info)
-    stream._keep = cb                     # the msg callback must outlive the connection
     if serverid:
         stream._scache_save = lambda: eng.scache.save(conn, serverid, mask)
     return stream
