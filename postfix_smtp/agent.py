@@ -21,6 +21,8 @@ class Agent:
         self.s = settings
         self.log = log
         self.flags = flags
+        from .destinations import AddressResolver
+        self.resolver = AddressResolver(settings.lookup, warn=log.warning, info=log.info)
         self.report_settings = ReportSettings(
             bounce_service=settings.service_names.get("bounce") or "bounce",
             defer_service=settings.service_names.get("defer") or "defer",
@@ -89,7 +91,7 @@ class Agent:
             return dr.STATUS_DEFER, None
         try:
             reporter = Reporter(req, self.log, self.report_settings)
-            delivery = Delivery(req, qf, self.s, self.log, reporter, self.flags)
+            delivery = Delivery(req, qf, self.s, self.log, reporter, self.flags, self.resolver)
             if self._flag_checks(req, delivery):
                 status = delivery.status
             else:

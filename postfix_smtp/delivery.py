@@ -50,7 +50,8 @@ class _MimeFailure(Exception):
 
 class Delivery:
     def __init__(self, req: DeliveryRequest, qf: QueueFile | None, settings: Settings,
-                 log: Logger, reporter: Reporter, flags_letters: str = "") -> None:
+                 log: Logger, reporter: Reporter, flags_letters: str = "",
+                 resolver: "destinations.AddressResolver | None" = None) -> None:
         self.req = req
         self.qf = qf
         self.s = settings
@@ -67,7 +68,9 @@ class Delivery:
         self._sessions = 0
         self._last_was_fallback = False
         self._final = False
-        self.resolver = destinations.AddressResolver.shared(settings.lookup, log)
+        # one resolver per process (it caches resolver settings and local addresses)
+        self.resolver = resolver or destinations.AddressResolver(
+            settings.lookup, warn=log.warning, info=log.info)
 
     # --- finishing recipients --------------------------------------------------
     def _finish(self, rcpt: Recipient, relay: str, dsn: Dsn, soft: bool) -> int:

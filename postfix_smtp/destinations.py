@@ -572,20 +572,6 @@ class AddressResolver:
         self._native = native or _getaddrinfo
         self._own = own
 
-    _shared: dict = {}
-
-    @classmethod
-    def shared(cls, cfg: LookupConfig, log=None) -> "AddressResolver":
-        """One resolver per configuration and process (it caches the local
-        addresses and the resolver configuration); ``log`` has warning() and
-        info()."""
-        key = (id(cfg), id(log))
-        r = cls._shared.get(key)
-        if r is None or r.cfg is not cfg:
-            r = cls(cfg, warn=getattr(log, "warning", None), info=getattr(log, "info", None))
-            cls._shared[key] = r
-        return r
-
     # -- collaborators --------------------------------------------------------
     @property
     def dns(self):

@@ -18,7 +18,7 @@ PERSONALITIES = ("smtp", "lmtp")
 
 #: Environment variable the wrapper sets so the agent knows which
 #: personality (and log name) to take; master(8) scrubs everything else.
-PERSONALITY_ENV = "POSTFIX_SMTP_PERSONALITY"
+from .master.server import PERSONALITY_ENV  # noqa: E402
 
 
 def default_personality(command_name: str) -> str:

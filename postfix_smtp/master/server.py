@@ -27,12 +27,15 @@ STAT_TAKEN = 0
 STAT_AVAIL = 1
 
 
-def _status(generation: int, avail: int) -> bytes:
-    return struct.pack("=iIi", os.getpid(), generation & 0xFFFFFFFF, avail)
+#: Set by the wrapper that ``postfix-smtp install`` writes (see install.py).
+PERSONALITY_ENV = "POSTFIX_SMTP_PERSONALITY"
+
+
+def _status(pid: int, generation: int, avail: int) -> bytes:
+    return struct.pack("=iIi", pid, generation & 0xFFFFFFFF, avail)
 
 
 def _personality(argv0: str) -> str:
-    from ..install import PERSONALITY_ENV
     env = os.environ.get(PERSONALITY_ENV)
     if env in ("smtp", "lmtp"):
         return env
@@ -187,6 +190,9 @@ def _loop(agent, settings, generation: int, log) -> int:
     poller = select.poll()
     poller.register(LISTEN_FD, select.POLLIN)
     poller.register(STATUS_FD, select.POLLIN)
+    pid = os.getpid()
+    taken = _status(pid, generation, STAT_TAKEN)
+    avail = _status(pid, generation, STAT_AVAIL)
     while max_use <= 0 or use_count < max_use:
         if idle_deadline is not None:
             left = idle_deadline - time.monotonic()
@@ -211,7 +217,7 @@ def _loop(agent, settings, generation: int, log) -> int:
             log.warning("accept connection: %s" % exc.strerror)
             continue
         try:
-            os.write(STATUS_FD, _status(generation, STAT_TAKEN))
+            os.write(STATUS_FD, taken)
         except OSError:
             pass
         conn.setblocking(True)
@@ -224,7 +230,7 @@ def _loop(agent, settings, generation: int, log) -> int:
             if daemon_timeout > 0:
                 signal.alarm(0)
         try:
-            os.write(STATUS_FD, _status(generation, STAT_AVAIL))
+            os.write(STATUS_FD, avail)
         except OSError:
             return 0
         use_count += 1

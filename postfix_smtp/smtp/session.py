@@ -80,10 +80,14 @@ class Connection:
         self.parser = ReplyParser(utf8=utf8, line_limit=line_limit)
         self.out = bytearray()
         self.dead = False
+        self._timeout: object = -1
 
     def _settimeout(self, stage: Stage) -> None:
         t = self.timeouts.get(stage, 300.0)
-        self.sock.settimeout(t if t > 0 else None)
+        t = t if t > 0 else None
+        if t != self._timeout:            # each settimeout() is a system call
+            self.sock.settimeout(t)
+            self._timeout = t
 
     def queue(self, data: bytes) -> None:
         self.out += data
