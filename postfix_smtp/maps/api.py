@@ -115,7 +115,7 @@ class OpenContext:
             return cls(name, flags, self.log, self.utf8)
         except OpenError as exc:
             reason = str(exc)
-        except (OSError, ValueError, RecursionError) as exc:
+        except Exception as exc:    # never let a bad table take the process down
             reason = "cannot open %s:%s: %s" % (type_, name, exc)
         self.log.error(reason)
         return Surrogate(type_, name, flags, reason, self.log)
@@ -220,6 +220,11 @@ class Maps:
                 if not exc.table:
                     exc.table = table.title
                 raise
+            except Exception as exc:     # a corrupt file or a bug: defer, do not crash
+                self.log.warning('%s:%s lookup error for "%s": %s'
+                                 % (table.type, table.name, key, exc))
+                raise MapError("%s:%s lookup error: %s" % (table.type, table.name, exc),
+                               table=table.title) from exc
             if value is not None:
                 if value == "":
                     self.log.warning("%s lookup of %s returns an empty string result"

@@ -68,7 +68,6 @@ B_DELETE = 0x80
 
 SIZEOF_PAGE = 26
 CHARKEY = b"%$sniglet^&\0"        # sizeof(CHARKEY): the NUL counts
-_MAX_CHAIN = 1 << 20     # guard against loops in a corrupt file
 
 
 class DBFormatError(Exception):
@@ -133,6 +132,10 @@ class DBFile:
             raise DBFormatError("%s: short read of page %d" % (self.path, pgno))
         return data
 
+    def max_pages(self) -> int:
+        """Bound for page chains: a longer chain means a loop in a corrupt file."""
+        return os.fstat(self.fd).st_size // self.pagesize + 1
+
     def header(self, page: bytes) -> Tuple[int, int, int, int, int, int, int]:
         return self._hdr.unpack_from(page, 0)
 
@@ -140,6 +143,7 @@ class DBFile:
         """An item stored on a chain of overflow pages."""
         out = bytearray()
         n = 0
+        limit = self.max_pages()
         while pgno and len(out) < tlen:
             page = self.page(pgno)
             _, _, nxt, _, hf, _, ptype = self.header(page)
@@ -148,7 +152,7 @@ class DBFile:
             out += page[SIZEOF_PAGE:SIZEOF_PAGE + hf]
             pgno = nxt
             n += 1
-            if n > _MAX_CHAIN:
+            if n > limit:
                 raise DBFormatError("%s: overflow chain loop" % self.path)
         if len(out) != tlen:
             raise DBFormatError("%s: overflow item length mismatch" % self.path)
@@ -171,6 +175,7 @@ class DBFile:
         ps = self.pagesize
         klen = len(key)
         hops = 0
+        limit = self.max_pages()
         while pgno:
             page = self.page(pgno)
             _, _, nxt, entries, _, _, ptype = self.header(page)
@@ -201,7 +206,7 @@ class DBFile:
                 raise DBFormatError("%s: duplicate keys are not supported" % self.path)
             pgno = nxt
             hops += 1
-            if hops > _MAX_CHAIN:
+            if hops > limit:
                 raise DBFormatError("%s: hash bucket chain loop" % self.path)
         return None
 
@@ -337,7 +342,7 @@ class DBTable(Table):
             finally:
                 if lock:
                     fcntl.flock(fd, fcntl.LOCK_UN)
-        except (OSError, DBFormatError) as exc:
+        except (OSError, DBFormatError, struct.error, IndexError, ValueError) as exc:
             text = "error reading %s: %s" % (self.path, getattr(exc, "strerror", None) or exc)
             self.log.warning(text)
             raise MapError(text, DICT_ERR_RETRY, self.title) from None

@@ -39,6 +39,8 @@ def cdb_find(fd: int, key: bytes) -> Optional[bytes]:
     tpos, slots = _U32X2.unpack(head)
     if slots == 0:
         return None
+    if tpos + slots * 8 > os.fstat(fd).st_size:
+        raise OSError(0, "corrupt cdb file")
     start = (h >> 8) % slots
     table = os.pread(fd, slots * 8, tpos)
     if len(table) != slots * 8:
@@ -56,6 +58,8 @@ def cdb_find(fd: int, key: bytes) -> Optional[bytes]:
             raise OSError(0, "truncated cdb file")
         rk, rd = _U32X2.unpack_from(rec, 0)
         if rk == klen and rec[8:] == key:
+            if rpos + 8 + klen + rd > os.fstat(fd).st_size:
+                raise OSError(0, "corrupt cdb file")
             data = os.pread(fd, rd, rpos + 8 + klen)
             if len(data) != rd:
                 raise OSError(0, "truncated cdb file")

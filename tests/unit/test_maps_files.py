@@ -123,3 +123,31 @@ def test_truncated_file_is_a_lookup_error(tmp_path):
     assert any("error reading" in m for m in log.texts("warning"))
     assert t.changed()
     ctx.close()
+
+
+@pytest.mark.parametrize("type_,suffix,blob", [
+    ("hash", ".db", HASH_DB), ("btree", ".db", BTREE_DB), ("cdb", ".cdb", CDB)])
+def test_corrupt_files_never_crash(tmp_path, type_, suffix, blob):
+    """Random damage: every lookup returns a value, None, or raises MapError."""
+    import random
+    import time
+    rnd = random.Random(1234)
+    good = zlib.decompress(base64.b64decode(blob))
+    base = os.path.join(str(tmp_path), "t")
+    deadline = time.monotonic() + 20
+    for _ in range(150):
+        data = bytearray(good)
+        for _ in range(rnd.randint(1, 40)):
+            data[rnd.randrange(len(data))] = rnd.randrange(256)
+        with open(base + suffix, "wb") as f:
+            f.write(data)
+        ctx = OpenContext(None, RecordingLog())
+        t = ctx.open_table("%s:%s" % (type_, base), DEFAULT_FLAGS)
+        for key in ("key07@example.com", "bigvalue", "k" * 1500, "nokey"):
+            try:
+                value = t.lookup(key)
+            except MapError:
+                continue
+            assert value is None or isinstance(value, str)
+        ctx.close()
+        assert time.monotonic() < deadline
