@@ -250,17 +250,22 @@ class DnsTestServer:
 
     def start(self) -> "DnsTestServer":
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        udp = socket.socket(fam, socket.SOCK_DGRAM)
-        udp.bind((self.host, self.port))
-        self.port = udp.getsockname()[1]
-        tcp = socket.socket(fam, socket.SOCK_STREAM)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            tcp.bind((self.host, self.port))
-        except OSError:
-            udp.close()
-            tcp.close()
-            raise
+        fixed = self.port
+        for attempt in range(1 if fixed else 20):
+            udp = socket.socket(fam, socket.SOCK_DGRAM)
+            udp.bind((self.host, fixed))
+            port = udp.getsockname()[1]
+            tcp = socket.socket(fam, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind((self.host, port))
+                break
+            except OSError:          # an ephemeral UDP port whose TCP twin is taken
+                udp.close()
+                tcp.close()
+                if fixed or attempt == 19:
+                    raise
+        self.port = port
         tcp.listen(16)
         udp.settimeout(0.2)
         tcp.settimeout(0.2)
