@@ -146,6 +146,15 @@ class _Scanner:
         if in_class:
             if d == 0x62:  # \b is backspace in a class
                 return _hx(0x08)
+            if 0x31 <= d <= 0x37:  # octal in a class
+                j = self.i
+                while j < self.n and j < self.i + 2 and p[j] in _OCT:
+                    j += 1
+                v = int(p[self.i - 1:j], 8)
+                self.i = j
+                return _hx(v & 0xFF)
+            if d in (0x38, 0x39):
+                return bytes([d])
             if d in (0x48, 0x56):
                 raise self.error("\\H or \\V in a character class is not supported")
         if (0x41 <= d <= 0x5A) or (0x61 <= d <= 0x7A) or (0x30 <= d <= 0x39):
@@ -483,9 +492,6 @@ class _Scanner:
                 continue
             if c in b".^":
                 out.append(bytes([c]))
-                continue
-            if self.x and c in b"# ":
-                out.append(_hx(c))
                 continue
             out.append(_lit(c))
         if len(self.levels) > 1:

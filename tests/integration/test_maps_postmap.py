@@ -577,7 +577,7 @@ PCRE_ZOO = [
     b"/^(a+)(a*)$/U", b"/^a/A", b"/b/A", b"/^(a|ab)(c|bcd)$/", b"/(?#comment)a/",
     b"/(a)?(?(1)b|c)/", b"/x{/", b"/[z-a]/", b"/(?R)/", b"/\\K/", b"/(/", b"/\\p{L}/",
     b"/[[:nope:]]/", b"/^.$/", b"/^\xc3\xa9$/", b"/\xe9/", b"/^\\d{1,3}(\\.\\d{1,3}){3}$/",
-    b"/@example\\.com>?$/i", b"/^subject:\\s*hello/i",
+    b"/@example\\.com>?$/i", b"/^subject:\\s*hello/i", b"/[\\101]/", b"/^[\\d\\s]+$/",
 ]
 
 
