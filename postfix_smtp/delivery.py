@@ -25,7 +25,7 @@ from .smtp.address import quote_821, quote_822, xtext
 from .smtp.content import TextEncoder
 from .smtp.protocol import (EHLO_MASK_NAMES, IN_REPLY_TO, STAGE_INFO, Features, Stage, Transaction,
                             greeting_says_esmtp, parse_ehlo)
-from .smtp.reply import Reply
+from .smtp.reply import Reply, ReplyParser
 from .smtp.session import Connection, ConnectError, Endpoint, SessionError, connect
 
 CONTENT_CHUNK = 65536
@@ -68,6 +68,9 @@ class Delivery:
         self._sessions = 0
         self._last_was_fallback = False
         self._final = False
+        self._retry_plain = False      # stock: session->tls_retry_plain
+        self._plain_next = False       # the retry of the same address runs without TLS
+        self._tls_resolver = None
         # one resolver per process (it caches resolver settings and local addresses)
         self.resolver = resolver or destinations.AddressResolver(
             settings.lookup, warn=log.warning, info=log.info)
@@ -170,6 +173,11 @@ class Delivery:
         Returns True when no further destination may be tried."""
         self._last_was_fallback = is_fallback
         dest = destinations.parse_destination(site, self.s.tcp_port, self.s.known_tcp_ports)
+        tls = self.s.tls
+        if tls is not None and not tls.wrappermode and dest.port == 465:
+            self.log.info('SMTPS wrappermode (TCP port 465) requires setting "%s = yes", and '
+                          '"%s = encrypt" (or stronger)' % (tls.name("smtp_tls_wrappermode"),
+                                                           tls.name("smtp_tls_security_level")))
         found = self.resolver.resolve(dest)
         # the lookup starts a fresh error (stock: dsb_reset() in smtp_*_addr())
         self.why = Failure(*found.error) if found.error else None
@@ -186,7 +194,14 @@ class Delivery:
             last_addr = (i == len(endpoints) - 1 or (addr_limit and addr_count >= addr_limit))
             final = bool(final_nexthop and last_addr)
             sessions_before = self._sessions
-            self._try_server(ep, final, final_nexthop, sess_limit, sess_count)
+            self._try_server(ep, final, final_nexthop, sess_limit, sess_count, dest)
+            if self._retry_plain and self.todo:
+                # stock RETRY_AS_PLAINTEXT: the same address again, TLS off, not counted
+                self._retry_plain = False
+                self._plain_next = True
+                self._sessions = sessions_before
+                self._try_server(ep, final, final_nexthop, sess_limit, sess_count, dest)
+            self._retry_plain = self._plain_next = False
             if self._sessions > sessions_before:
                 sess_count += 1
             if (addr_limit and addr_count >= addr_limit) or (sess_limit and sess_count >= sess_limit):
@@ -229,8 +244,11 @@ class Delivery:
 
     # --- one server -----------------------------------------------------------------
     def _try_server(self, ep: Endpoint, final: bool, last_site: bool,
-                    sess_limit: int, sess_count: int) -> None:
+                    sess_limit: int, sess_count: int, dest=None) -> None:
         s = self.s
+        policy = self._tls_policy(dest, ep) if dest is not None else None
+        if policy is False:
+            return                    # address skipped (invalid TLS policy, wrapper mode)
         bind = s.bind_address if ep.family == 2 else s.bind_address6
         try:
             sock = connect(ep, s.connect_timeout, bind or None)
@@ -241,6 +259,9 @@ class Delivery:
             return
         conn = Connection(sock, ep, s.timeouts, utf8=s.smtputf8_enable,
                           line_limit=s.reply_line_limit)
+        conn.tls_policy = policy
+        conn.tls_dest = dest
+        conn.tls = None
         self._final = final
         self._handled = set()
         try:
@@ -279,11 +300,17 @@ class Delivery:
         if exc.stage in (Stage.ABORT, Stage.QUIT):
             return
         ep = conn.ep
+        final = self._final
+        if (getattr(conn, "tls", None) is not None
+                and any(id(r) not in self._handled for r in self.todo)
+                and self._plaintext_fallback_ok(conn.tls_policy)):
+            self._retry_plain = True       # PLAINTEXT_FALLBACK_OK_AFTER_TLS_SESSION_FAILURE
+            final = False
         if exc.kind == "timeout":
             reason = "conversation with %s timed out while %s" % (ep.namaddr, _where(exc.stage))
         else:
             reason = "lost connection with %s while %s" % (ep.namaddr, _where(exc.stage))
-        self._bulk_fail(Dsn(status="4.4.2", reason=reason), self._relay(ep), self._final,
+        self._bulk_fail(Dsn(status="4.4.2", reason=reason), self._relay(ep), final,
                         throttle=True)
 
     def _quit(self, conn: Connection) -> None:
@@ -297,16 +324,119 @@ class Delivery:
             pass
 
     def _handshake(self, conn: Connection, ep: Endpoint):
-        s = self.s
+        policy = conn.tls_policy
+        wrapper = policy is not None and self.s.tls.wrappermode
+        if wrapper:                      # smtp_tls_wrappermode: TLS before the greeting
+            self._start_tls(conn, ep)
         greeting = conn.read_reply(Stage.GREETING)
         features = self._hello(conn, ep, greeting)
-        if s.tls_level not in ("none", "may", "dane"):
-            # a policy that requires TLS must never fall back to plaintext
-            self._bulk_fail(Dsn(status="4.7.5", reason="TLS is required, but our TLS engine is "
-                                "unavailable"), self._relay(ep), self._final, throttle=True)
-            self._quit(conn)
-            raise _SessionDone
+        if policy is not None and not wrapper:
+            features = self._starttls(conn, ep, features, policy)
         return features
+
+    # --- TLS (smtp_proto.c smtp_helo()/smtp_start_tls(), smtp_connect.c) -------------
+    def _tls_policy(self, dest, ep: Endpoint):
+        """The TLS policy for this address; False when the address is skipped."""
+        cfg = self.s.tls
+        if cfg is None:
+            return None
+        from .tls.config import LEV_ENCRYPT, LEV_NONE
+        if self._tls_resolver is None:
+            from .tls.policy import PolicyResolver
+            cfg.ensure_tables(self.log)
+            self._tls_resolver = PolicyResolver(cfg, self.log)
+        policy = self._tls_resolver.resolve(dest.text, ep.host, ep.port)
+        if policy.invalid:
+            self.log.warning("TLS policy lookup for %s/%s: %s" % (dest.text, ep.host,
+                                                                  policy.reason))
+            self.why = Failure(policy.status, policy.reason)
+            return False
+        if cfg.wrappermode and policy.level < LEV_ENCRYPT:
+            self.log.warning('%s requires "%s = encrypt" (or stronger)' % (
+                cfg.name("smtp_tls_wrappermode"), cfg.name("smtp_tls_security_level")))
+            return False
+        if self._plain_next:              # retry after an opportunistic TLS failure
+            self._plain_next = False
+            policy.level = LEV_NONE
+        return policy
+
+    def _plaintext_fallback_ok(self, policy) -> bool:
+        """Stock's PLAINTEXT_FALLBACK_OK_* conditions (no SASL in this agent)."""
+        from .tls.config import LEV_MAY
+        if policy is None or policy.level != LEV_MAY:
+            return False
+        st = self.req.stats
+        preactive = int(st.active_arrival) - int(st.incoming_arrival)
+        return bool(self.req.trace_only or preactive >= self.s.tls.min_backoff_time)
+
+    def _tls_fail(self, ep: Endpoint, status: str, reason: str, quit: bool,
+                  conn: Connection) -> None:
+        self._bulk_fail(Dsn(status=status, reason=reason), self._relay(ep), self._final,
+                        throttle=True)
+        if quit:
+            self._quit(conn)
+        raise _SessionDone
+
+    def _starttls(self, conn: Connection, ep: Endpoint, features: Features, policy) -> Features:
+        from .tls.config import LEV_MAY, LEV_NONE, tls_required
+        cfg = self.s.tls
+        level = policy.level
+        if features.starttls and level <= LEV_NONE and cfg.note_starttls_offer:
+            self.log.info("Host offered STARTTLS: [%s]" % ep.host)
+        engine_ok = False
+        if features.starttls and level >= LEV_MAY:
+            from .tls.client import engine_available     # imports OpenSSL
+            engine_ok = engine_available(cfg, self.log)
+            if engine_ok:
+                conn.write(b"STARTTLS\r\n", Stage.STARTTLS)
+                reply = conn.read_reply(Stage.STARTTLS)
+                if reply.klass == 2:
+                    self._start_tls(conn, ep)
+                    return self._hello(conn, ep, None)
+                features.starttls = False
+                if tls_required(level):
+                    self._bulk_fail(self._server_dsn(
+                        ep, reply, "TLS is required, but host %s refused to start TLS: %s"
+                        % (ep.namaddr, reply.flat)), self._relay(ep), self._final, throttle=True)
+                    self._quit(conn)
+                    raise _SessionDone
+        if tls_required(level):
+            if not features.starttls:
+                self._tls_fail(ep, "4.7.4", "TLS is required, but was not offered by host %s"
+                               % ep.namaddr, True, conn)
+            elif not engine_ok:
+                self._tls_fail(ep, "4.7.5", "TLS is required, but our TLS engine is unavailable",
+                               True, conn)
+            self.log.warning("smtp_helo: TLS is required but unavailable, don't know why")
+            self._tls_fail(ep, "4.7.0", "TLS is required, but unavailable", True, conn)
+        return features
+
+    def _start_tls(self, conn: Connection, ep: Endpoint) -> None:
+        """The handshake and the certificate checks (smtp_start_tls)."""
+        from .tls import client as tlsclient
+        from .tls.config import LEV_MAY, must_match
+        cfg, policy, dest = self.s.tls, conn.tls_policy, conn.tls_dest
+        conn.flush(Stage.STARTTLS)
+        try:
+            tsock = tlsclient.start(conn.sock, policy, cfg, nexthop=dest.host, host=ep.host,
+                                    namaddrport=ep.namaddrport, log=self.log,
+                                    service=self.s.service_name, dest=dest.text, addr=ep.addr,
+                                    helo=self.s.helo_name)
+        except (tlsclient.TlsError, tlsclient.TlsEngineError):
+            conn.dead = True             # the peer is in an undefined state: no QUIT
+            final = self._final
+            if self._plaintext_fallback_ok(policy):
+                self._retry_plain = True          # RETRY_AS_PLAINTEXT
+                final = False
+            self._bulk_fail(Dsn(status="4.7.5", reason="Cannot start TLS: handshake failure"),
+                            self._relay(ep), final, throttle=policy.level != LEV_MAY)
+            raise _SessionDone from None
+        conn.sock = tsock
+        conn.tls = tsock
+        conn.out.clear()
+        conn.parser = ReplyParser(utf8=self.s.smtputf8_enable, line_limit=self.s.reply_line_limit)
+        if must_match(tsock.level) and not tsock.matched:
+            self._tls_fail(ep, "4.7.5", "Server certificate not verified", True, conn)
 
     def _refused(self, conn: Connection, ep: Endpoint, reply: Reply, status: str | None = None):
         """Site failure "host X refused to talk to me", QUIT, leave the session."""
@@ -316,20 +446,24 @@ class Delivery:
         self._quit(conn)
         raise _SessionDone
 
-    def _hello(self, conn: Connection, ep: Endpoint, greeting: Reply) -> Features:
+    def _hello(self, conn: Connection, ep: Endpoint, greeting) -> Features:
+        """The greeting and EHLO/HELO; ``greeting`` None: the EHLO after STARTTLS."""
         s = self.s
-        if greeting.klass != 2:
-            dsn_status = greeting.dsn
-            if greeting.klass == 5 and s.skip_5xx_greeting:
-                dsn_status = "4" + dsn_status[1:]
-            self._refused(conn, ep, greeting, dsn_status)
         loop_detect = s.personality == "smtp" and ep.port == 25
-        pix = self._pix_workarounds(ep, greeting)
-        words = greeting.text.replace("-", " ", 1).split()[1:]
-        if words and words[0].lower() == s.myhostname.lower() and loop_detect:
-            self.log.warning("host %s greeted me with my own hostname %s"
-                             % (ep.namaddrport, s.myhostname))
-        if s.personality == "lmtp":
+        if greeting is None:
+            pix = conn.pix
+        else:
+            if greeting.klass != 2:
+                dsn_status = greeting.dsn
+                if greeting.klass == 5 and s.skip_5xx_greeting:
+                    dsn_status = "4" + dsn_status[1:]
+                self._refused(conn, ep, greeting, dsn_status)
+            pix = conn.pix = self._pix_workarounds(ep, greeting)
+            words = greeting.text.replace("-", " ", 1).split()[1:]
+            if words and words[0].lower() == s.myhostname.lower() and loop_detect:
+                self.log.warning("host %s greeted me with my own hostname %s"
+                                 % (ep.namaddrport, s.myhostname))
+        if s.personality == "lmtp" or greeting is None:
             esmtp = True
         else:
             esmtp = greeting_says_esmtp(greeting)
@@ -350,6 +484,8 @@ class Delivery:
                     self.log.info("discarding EHLO keywords: %s" % " ".join(
                         k for k in EHLO_MASK_NAMES if k in discard))
                 features = parse_ehlo(reply, discard)
+                if greeting is None:
+                    features.starttls = False     # ignored in the EHLO after STARTTLS
             elif reply.code == 421 or s.personality == "lmtp":
                 self._refused(conn, ep, reply)
         if features is None:

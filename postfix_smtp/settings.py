@@ -22,6 +22,7 @@ _TIMEOUT_PARAMS = {
     Stage.DATA: "smtp_data_init_timeout", Stage.BODY: "smtp_data_xfer_timeout",
     Stage.DOT: "smtp_data_done_timeout", Stage.ABORT: "smtp_rset_timeout",
     Stage.QUIT: "smtp_quit_timeout",
+    Stage.STARTTLS: "smtp_starttls_timeout",
 }
 
 #: Obsolete names from the seed manual page (Postfix 2.2) -> what 3.7 reads.
@@ -72,7 +73,7 @@ class Settings:
     address_verify_target: str
     verify_negative_cache: bool
     relayhost: str
-    tls_level: str = "none"
+    tls: object = None               # postfix_smtp.tls.config.TlsConfig (None: no TLS at all)
     lookup: LookupConfig = field(default_factory=LookupConfig)
     best_mx_transport: str = ""
     pix_workarounds: list = field(default_factory=list)
@@ -104,21 +105,9 @@ class Settings:
         fallback = p.slist("smtp_fallback_relay")
         lookup = LookupConfig.from_params(p, personality)
         warnings.extend(lookup.warnings)
-        tls_level = p.sget("smtp_tls_security_level").strip().lower()
-        if not tls_level:       # the obsolete controls decide (smtp-client.md 8.1)
-            if p.sbool("smtp_enforce_tls"):
-                tls_level = "verify" if p.sbool("smtp_tls_enforce_peername") else "encrypt"
-            elif p.sbool("smtp_use_tls"):
-                tls_level = "may"
-            else:
-                tls_level = "none"
-        if tls_level not in ("none", "may", "dane"):
-            warnings.append("smtp_tls_security_level = %s: TLS is not yet supported by "
-                            "postfix_smtp; mail that requires TLS is deferred" % tls_level)
-        elif tls_level != "none":
-            warnings.append("smtp_tls_security_level = %s: STARTTLS is not yet supported by "
-                            "postfix_smtp; sending in plaintext" % tls_level)
-        for name in ("smtp_tls_policy_maps", "smtp_tls_per_site", "smtp_sasl_password_maps",
+        from .tls.config import TlsConfig      # OpenSSL itself is imported only on use
+        tls = TlsConfig.from_params(p, personality)   # ConfigError: invalid level (fatal)
+        for name in ("smtp_sasl_password_maps",
                      "smtp_generic_maps", "smtp_header_checks", "smtp_body_checks",
                      "smtp_mime_header_checks", "smtp_nested_header_checks"):
             if p.sget(name).strip():
@@ -166,7 +155,7 @@ class Settings:
             address_verify_target=p.sget("smtp_address_verify_target").lower(),
             verify_negative_cache=p.get_bool("address_verify_negative_cache"),
             relayhost=p.get("relayhost"),
-            tls_level=tls_level,
+            tls=tls,
             lookup=lookup,
             best_mx_transport=p.get("best_mx_transport").strip(),
             pix_workarounds=p.slist("smtp_pix_workarounds"),

@@ -36,5 +36,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$venv/bin/python" -m pip install -q "$here[test]"
-chmod -R a+rX "$(dirname "$venv")"
+# mail_owner must read the venv (the agent imports after dropping privileges)
+chmod -R a+rX "$venv"
+d=$(dirname "$venv"); while [ "$d" != / ]; do chmod a+x "$d"; d=$(dirname "$d"); done
 echo "venv: $venv ($("$venv/bin/python" -c 'import postfix_smtp, sys; print("postfix_smtp", postfix_smtp.__version__, "python", sys.version.split()[0])'))"

@@ -145,13 +145,18 @@ JAIL_PRELOAD = (
     "postfix_smtp.dns.client",
     "postfix_smtp.maps",
     "postfix_smtp.tls",
+    "postfix_smtp.tls.policy",
     "postfix_smtp.sasl",
 )
 
 
-def _preload_for_jail() -> None:
+def _preload_for_jail(settings) -> None:
     import importlib
-    for name in JAIL_PRELOAD:
+    names = list(JAIL_PRELOAD)
+    tls = getattr(settings, "tls", None)
+    if tls is not None and (tls.level > 0 or tls.policy_maps or tls.per_site):
+        names.append("postfix_smtp.tls.client")       # OpenSSL: only when TLS may be used
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError:
@@ -160,7 +165,7 @@ def _preload_for_jail() -> None:
 
 def _drop_privileges(settings, o, log) -> None:
     if o.chroot:
-        _preload_for_jail()
+        _preload_for_jail(settings)
         # dnspython's record classes, resolv.conf parsing, and the local
         # addresses (read from /proc) for the "mail loops back to myself" check
         from ..destinations import prepare_for_chroot

@@ -35,6 +35,7 @@ class Stage:
     DOT = "dot"
     ABORT = "abort"
     QUIT = "quit"
+    STARTTLS = "starttls"
 
 
 #: stage -> (timeout parameter, "while ..." text for timeouts and lost connections)
@@ -52,6 +53,7 @@ STAGE_INFO = {
     Stage.DOT: ("smtp_data_done_timeout", "sending end of data -- message may be sent more than once"),
     Stage.ABORT: ("smtp_rset_timeout", "sending final RSET"),
     Stage.QUIT: ("smtp_quit_timeout", "sending QUIT"),
+    Stage.STARTTLS: ("smtp_starttls_timeout", "receiving the STARTTLS response"),
 }
 
 IN_REPLY_TO = {
