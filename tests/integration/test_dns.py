@@ -33,17 +33,6 @@ SENDER = "alice@src.test.invalid"
 MESSAGE = b"Subject: dns test\n\nhello\n"
 
 
-def _agent_has_mx_lookups() -> bool:
-    """The DNS-aware site loop lives in delivery.py (the delivery patch)."""
-    from postfix_smtp import delivery
-    return hasattr(delivery.Delivery, "_pass_to_best_mx")
-
-
-needs_agent_patch = pytest.mark.skipif(
-    not _agent_has_mx_lookups(),
-    reason="postfix_smtp.delivery does not use destinations.AddressResolver yet")
-
-
 class FixedPortPeer(SmtpPeer):
     """An SmtpPeer on a given (host, port): MX hosts share the destination port."""
 
@@ -318,7 +307,6 @@ def test_stock_resolver_is_private_to_the_instance(world, tmp_base):
     assert any("status=sent" in ln and "plain.test[%s]" % _ip(22) in ln for ln in lines)
 
 
-@needs_agent_patch
 def test_default_group_matches_stock(world, tmp_base, agent_wrapper):
     runs = _run_both(world, tmp_base, agent_wrapper, "default")
     domains = GROUPS["default"][2]
@@ -341,7 +329,6 @@ def test_default_group_matches_stock(world, tmp_base, agent_wrapper):
         runs["stock"].warnings("no MX host for badname.test has a valid address record")
 
 
-@needs_agent_patch
 def test_limits_and_lookup_error_options_match_stock(world, tmp_base, agent_wrapper):
     runs = _run_both(world, tmp_base, agent_wrapper, "tuned")
     _compare(runs, GROUPS["tuned"][2])
@@ -351,21 +338,18 @@ def test_limits_and_lookup_error_options_match_stock(world, tmp_base, agent_wrap
     assert ours.outcome("mxfail.test")[2] == "sent"        # ignore_mx_lookup_error
 
 
-@needs_agent_patch
 def test_ipv6_first_then_ipv4_matches_stock(world, tmp_base, agent_wrapper):
     runs = _run_both(world, tmp_base, agent_wrapper, "ipv6")
     _compare(runs, ["six.test"])
     assert runs["agent"].connects("six.test")[0][1] == "::1"
 
 
-@needs_agent_patch
 def test_fallback_relay_matches_stock(world, tmp_base, agent_wrapper):
     runs = _run_both(world, tmp_base, agent_wrapper, "fallback")
     _compare(runs, GROUPS["fallback"][2])
     assert runs["agent"].outcome("nxdomain.test")[2] == "sent"
 
 
-@needs_agent_patch
 def test_mail_loops_match_stock(world, tmp_base, agent_wrapper):
     runs = _run_both(world, tmp_base, agent_wrapper, "loop")
     _compare(runs, GROUPS["loop"][2])
@@ -376,7 +360,6 @@ def test_mail_loops_match_stock(world, tmp_base, agent_wrapper):
     assert [c[1] for c in ours.connects("backup.test")] == [_ip(29)]
 
 
-@needs_agent_patch
 def test_best_mx_transport_matches_stock(world, tmp_base, agent_wrapper):
     runs = _run_both(world, tmp_base, agent_wrapper, "bestmx")
     _compare(runs, ["loop.test"])
@@ -387,7 +370,6 @@ def test_best_mx_transport_matches_stock(world, tmp_base, agent_wrapper):
     assert runs["agent"].outcome("loop.test")[1:] == ("5.1.2", "bounced", "best mx loop")
 
 
-@needs_agent_patch
 def test_randomized_equal_preferences_match_stock(world, tmp_base, agent_wrapper):
     runs = _run_both(world, tmp_base, agent_wrapper, "random")
     _compare(runs, ["rand.test"], unordered=("rand.test",))
