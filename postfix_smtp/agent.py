@@ -21,6 +21,7 @@ class Agent:
         self.s = settings
         self.log = log
         self.flags = flags
+        self.tables = None            # postfix_smtp.maps.OpenContext once tables are open
         from .destinations import AddressResolver
         self.resolver = AddressResolver(settings.lookup, warn=log.warning, info=log.info)
         self.report_settings = ReportSettings(
@@ -34,6 +35,27 @@ class Agent:
             external_log_format=settings.info_log_external,
             verify_negative_cache=settings.verify_negative_cache,
         )
+
+    def open_tables(self) -> None:
+        """Open every lookup table the configuration names, before privileges
+        are dropped (so a root-only sasl_passwd.db works), sharing one context."""
+        tls = self.s.tls
+        if tls is None or not (tls.policy_maps.strip() or tls.per_site.strip()):
+            return
+        from .maps import OpenContext
+        self.tables = OpenContext(tls.params, self.log)
+        tls.open_tables(tls.params, self.log, self.tables)
+        tls._tables_open = True
+
+    def changed_table(self) -> str | None:
+        """"type:name" of a file table rebuilt since it was opened (stock: the
+        process exits so that master(8) starts a fresh one), else None."""
+        if self.tables is None:
+            return None
+        for table in self.tables.cache.values():
+            if table.changed():
+                return table.title
+        return None
 
     def serve(self, sock: socket.socket) -> None:
         """The whole exchange on one accepted connection."""

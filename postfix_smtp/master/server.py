@@ -127,6 +127,7 @@ def _run(argv: list, personality: str, log) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    agent.open_tables()                   # as root: tables may be root-only
     if os.geteuid() == 0 and (o.unprivileged or o.chroot):
         _drop_privileges(settings, o, log)
     return _loop(agent, settings, generation, log)
@@ -239,6 +240,10 @@ def _loop(agent, settings, generation: int, log) -> int:
         except OSError:
             return 0
         use_count += 1
+        changed = agent.changed_table()
+        if changed:
+            log.info("table %s has changed -- restarting" % changed)
+            return 0
         if max_idle > 0:
             idle_deadline = time.monotonic() + max_idle
     return 0

@@ -264,7 +264,7 @@ class TlsConfig:
         if self.params is not None and self.policy_table is None and self.per_site_table is None:
             self.open_tables(self.params, log)
 
-    def open_tables(self, params, log=None) -> None:
+    def open_tables(self, params, log=None, ctx=None) -> None:
         """Open smtp_tls_policy_maps / smtp_tls_per_site with postfix_smtp.maps.
 
         As smtp_tls_list_init(): the per-site table is ignored (with a
@@ -272,12 +272,13 @@ class TlsConfig:
         """
         if self.policy_maps.strip():
             self.policy_table = _open(self.policy_maps, params, self.name("smtp_tls_policy_maps"),
-                                      log)
+                                      log, ctx)
             if self.per_site.strip() and log is not None:
                 log.warning("%s ignored when %s is not empty." % (
                     self.name("smtp_tls_per_site"), self.name("smtp_tls_policy_maps")))
         elif self.per_site.strip():
-            self.per_site_table = _open(self.per_site, params, self.name("smtp_tls_per_site"), log)
+            self.per_site_table = _open(self.per_site, params, self.name("smtp_tls_per_site"), log,
+                                        ctx)
 
 
 class _Titled:
@@ -291,10 +292,6 @@ class _Titled:
         return self.maps.lookup(key)
 
 
-def _open(spec: str, params, title: str, log):
+def _open(spec: str, params, title: str, log, ctx=None):
     from ..maps import open_maps          # lazily: only when a table is configured
-    try:
-        maps = open_maps(spec, params, log=log, title=title)
-    except TypeError:
-        maps = open_maps(spec, params)
-    return _Titled(maps, title)
+    return _Titled(open_maps(spec, params, log=log, title=title, ctx=ctx), title)

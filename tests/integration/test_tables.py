@@ -1,0 +1,45 @@
+"""Lookup tables in a real delivery: opened before privileges drop (a root-only
+hash table works), and a rebuilt table makes the process restart as stock does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from postfix_smtp.testing.instance import PostfixInstance, tool
+from postfix_smtp.testing.peer import PeerScript, SmtpPeer
+
+MSG = b"Subject: tables\n\nhello\n"
+
+
+def test_root_only_policy_table_and_rebuild_restart(tmp_base, agent_wrapper):
+    peer = SmtpPeer(PeerScript(), max_lifetime=90)      # no STARTTLS offered
+    peer.start()
+    table = os.path.join(tmp_base, "tls_policy")
+    with open(table, "w") as f:
+        f.write("[127.0.0.1]:%d none\n" % peer.port)
+    inst = PostfixInstance(
+        os.path.join(tmp_base, "pf"), relayhost=peer.address, agent=agent_wrapper,
+        # encrypt globally: only the table's "none" for this nexthop lets mail through
+        main_cf={"smtp_tls_security_level": "encrypt",
+                 "smtp_tls_policy_maps": "hash:" + table},
+        max_lifetime=120)
+    postmap = [tool("postmap"), "-c", inst.config_dir, "hash:" + table]
+    try:
+        inst.start()
+        subprocess.run(postmap, check=True, timeout=30)
+        os.chmod(table + ".db", 0o600)                  # root only, like sasl_passwd.db
+        inst.sendmail(MSG, "a@src.test.invalid", ["b@dest.test.invalid"])
+        inst.expect_log(r"postfix/smtp\[\d+\]: \w+: to=<b@dest.*status=sent", timeout=30)
+        assert not any("is unavailable" in ln or "TLS is required" in ln for ln in inst.log_lines())
+        # rebuild the table: the agent that used it exits after its next request
+        time.sleep(1.1)
+        subprocess.run(postmap, check=True, timeout=30)
+        inst.sendmail(MSG, "a@src.test.invalid", ["c@dest.test.invalid"])
+        inst.expect_log(r"postfix/smtp\[\d+\]: \w+: to=<c@dest.*status=sent", timeout=30)
+        inst.expect_log(r"postfix/smtp\[\d+\]: table hash:%s has changed -- restarting" % table,
+                        timeout=10)
+    finally:
+        inst.stop()
+        peer.stop()
