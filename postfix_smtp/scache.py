@@ -330,14 +330,10 @@ def _adopt(fd: int) -> socket.socket:
 _client: ScacheClient | None = None
 
 
-def client(settings=None, log=None, params=None) -> ScacheClient:
+def client(path: str = "private/scache", timeout: float = 5.0, idle: float = 5.0,
+           ttl: float = 1000.0, log=None) -> ScacheClient:
     """The process-wide cache client (one stream per process, as stock)."""
     global _client
     if _client is None:
-        kw = {}
-        if params is not None:
-            kw = dict(path="private/" + (params.get("connection_cache_service_name") or "scache"),
-                      timeout=params.get_time("connection_cache_protocol_timeout"),
-                      idle=params.get_time("ipc_idle"), ttl=params.get_time("ipc_ttl"))
-        _client = ScacheClient(log=log, **kw)
+        _client = ScacheClient(path, timeout=timeout, idle=idle, ttl=ttl, log=log)
     return _client
