@@ -295,7 +295,7 @@ class LookupConfig(_Plain):
                  "families", "address_preference", "balance_inet_protocols",
                  "mx_address_limit", "randomize_addresses", "defer_if_no_mx_address_found",
                  "ignore_mx_lookup_error", "cname_overrides_servername", "inet_interfaces",
-                 "proxy_interfaces", "dns_reply_filter", "warnings")
+                 "proxy_interfaces", "dns_reply_filter", "warnings", "insecure_mx_dnssec")
     DEFAULTS = {
         "smtp_mode": True,
         "dns_support": "enabled",            # disabled | enabled | dnssec
@@ -314,6 +314,9 @@ class LookupConfig(_Plain):
         "proxy_interfaces": (),
         "dns_reply_filter": "",
         "warnings": (),
+        # smtp_tls_dane_insecure_mx_policy above "may": MX host addresses are
+        # looked up with DNSSEC even when the MX RRset did not validate
+        "insecure_mx_dnssec": False,
     }
 
     def __init__(self, *args, **kwargs) -> None:
@@ -371,6 +374,10 @@ class LookupConfig(_Plain):
                             "Address family not supported by protocol")
             want6 = False
         families = tuple(f for f, on in ((AF_INET, want4), (AF_INET6, want6)) if on)
+        insecure_mx_dnssec = False
+        if personality == "smtp":
+            mxpol = p.get("smtp_tls_dane_insecure_mx_policy").strip().lower()
+            insecure_mx_dnssec = mxpol in ("encrypt", "dane")
         dns_filter = p.sget("smtp_dns_reply_filter").strip()
         if dns_filter:
             warnings.append("%s is set but not yet supported by postfix_smtp; ignored"
@@ -393,6 +400,7 @@ class LookupConfig(_Plain):
             proxy_interfaces=tuple(p.get_list("proxy_interfaces")),
             dns_reply_filter=dns_filter,
             warnings=warnings,
+            insecure_mx_dnssec=insecure_mx_dnssec,
         )
 
 
@@ -516,9 +524,12 @@ class SiteAddresses(_Plain):
     """What the lookup of one destination produced: dest, addresses (in the
     order to try them), error ((DSN status, reason) left by the lookup, or
     None), i_am_mx (we are an MX host: no further destinations),
-    loop_detect, cname_overrides."""
-    __slots__ = ("dest", "addresses", "error", "i_am_mx", "loop_detect", "cname_overrides")
-    DEFAULTS = {"i_am_mx": False, "loop_detect": False, "cname_overrides": False}
+    loop_detect, cname_overrides, mx (stock iter->mx: the best MX record,
+    with qname = the domain, rname = its owner after CNAMEs and
+    dnssec_valid = the MX RRset validated; None without an MX lookup result)."""
+    __slots__ = ("dest", "addresses", "error", "i_am_mx", "loop_detect", "cname_overrides",
+                 "mx")
+    DEFAULTS = {"i_am_mx": False, "loop_detect": False, "cname_overrides": False, "mx": None}
 
     @property
     def final(self) -> bool:
@@ -542,6 +553,10 @@ class SiteAddresses(_Plain):
                 ep.preference = a.pref
             if hasattr(ep, "best_mx"):
                 ep.best_mx = a.pref == best
+            # for DANE (stock iter->mx, iter->rr): the MX record and this
+            # address record (qname, rname, dnssec_valid)
+            ep.mx = self.mx
+            ep.rr = a
             out.append(ep)
         return out
 
@@ -571,6 +586,7 @@ class AddressResolver:
         self._dns = dns
         self._native = native or _getaddrinfo
         self._own = own
+        self._mx = None
 
     # -- collaborators --------------------------------------------------------
     @property
@@ -603,12 +619,13 @@ class AddressResolver:
         loop_detect = cfg.smtp_mode and dest.port == SMTP_PORT
         lookup_mx = cfg.smtp_mode and cfg.dns_enabled and not dest.bracketed
         i_am_mx = False
+        self._mx = None
         if not lookup_mx:
             addrs = self.host_addr(dest.host, loop_detect, why)
         else:
             addrs, i_am_mx = self.domain_addr(dest.host, loop_detect, why)
         return SiteAddresses(dest, addrs, why.as_tuple(), i_am_mx, loop_detect,
-                             cfg.cname_overrides_servername)
+                             cfg.cname_overrides_servername, self._mx)
 
     # -- smtp_addr_one ------------------------------------------------------------
     def _addr_one(self, out: List[Address], host: str, dnssec: bool, pref: int,
@@ -710,9 +727,12 @@ class AddressResolver:
         mx = sorted(r.rrs, key=lambda rr: rr.pref)        # stable, like glibc qsort
         best_pref = mx[0].pref if mx else IMPOSSIBLE_PREFERENCE
         addrs: List[Address] = []
-        # MX host addresses are looked up with DNSSEC only when the MX RRset
-        # validated (stock smtp_addr_list() looks at the first record)
-        mx_dnssec = bool(mx and mx[0].dnssec_valid)
+        # MX host addresses are looked up with DNSSEC when the MX RRset
+        # validated (stock smtp_addr_list() looks at the first record), or
+        # when smtp_tls_dane_insecure_mx_policy is above "may"
+        mx_dnssec = bool(mx and mx[0].dnssec_valid) or cfg.insecure_mx_dnssec
+        if mx:
+            self._mx = mx[0]              # stock: *mxrr = dns_rr_copy(mx_names)
         for rr in mx:
             self._addr_one(addrs, rr.data, mx_dnssec, rr.pref, why)
             if len(addrs) >= 100:

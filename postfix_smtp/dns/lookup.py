@@ -42,8 +42,9 @@ DNS_POLICY = -1
 DNS_OK = 0
 
 T_A, T_NS, T_CNAME, T_SOA, T_PTR, T_MX, T_TXT, T_AAAA = 1, 2, 5, 6, 12, 15, 16, 28
+T_TLSA = 52
 TYPE_NAMES = {T_A: "A", T_NS: "NS", T_CNAME: "CNAME", T_SOA: "SOA", T_PTR: "PTR",
-              T_MX: "MX", T_TXT: "TXT", T_AAAA: "AAAA"}
+              T_MX: "MX", T_TXT: "TXT", T_AAAA: "AAAA", T_TLSA: "TLSA"}
 CLASS_IN = 1
 MAX_CNAME_HOPS = 10
 RR_LIST_LIMIT = 100        # 3.7.10+: var_dns_rr_list_limit
@@ -73,6 +74,7 @@ class RR:
     pref: int = 0        # MX preference
     data: str = ""       # MX exchange, or the address in text form
     dnssec_valid: bool = False
+    raw: bytes = b""     # TLSA: the record data as on the wire (usage, selector, mtype, data)
 
 
 class DnsResult:
@@ -106,6 +108,7 @@ def _dnspython():
         import dns.rdtypes.ANY.SOA  # noqa: F401
         import dns.rdtypes.IN.A  # noqa: F401
         import dns.rdtypes.IN.AAAA  # noqa: F401
+        import dns.rdtypes.ANY.TLSA  # noqa: F401
         _dns = dns
     return _dns
 
@@ -241,6 +244,11 @@ class Resolver:
                             continue
                         rrs.append(RR(orig, owner, qtype, rrset.ttl, 0, target,
                                       maybe_secure and reply.ad))
+                    elif qtype == T_TLSA:
+                        # stock copies the raw RDATA (dns_lookup.c extract_answer T_TLSA)
+                        raw = bytes((rd.usage, rd.selector, rd.mtype)) + bytes(rd.cert)
+                        rrs.append(RR(orig, owner, qtype, rrset.ttl, 0, rd.to_text(),
+                                      maybe_secure and reply.ad, raw))
                     else:
                         rrs.append(RR(orig, owner, qtype, rrset.ttl, 0, rd.to_text(),
                                       maybe_secure and reply.ad))

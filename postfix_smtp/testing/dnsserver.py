@@ -16,6 +16,7 @@ type) a test can make it misbehave::
     srv.truncate("big.test")                      # TC over UDP; full answer over TCP
     srv.malformed("bad.test", "garbage")          # or "bad-a-length"
     srv.secure("signed.test")                     # AD bit when the query has AD or DO
+    srv.add_tlsa("mx.signed.test", 25, "3 1 1 " + sha256_hex)   # secure by default
 
 Every query is recorded (:attr:`queries`).  Replies are built and parsed with
 dnspython.  The server stops by itself after ``max_lifetime`` seconds.
@@ -139,6 +140,17 @@ class DnsTestServer:
     def secure(self, name: str) -> "DnsTestServer":
         with self._lock:
             self.secure_names.add(_key(name))
+        return self
+
+    def add_tlsa(self, host: str, port: int, *rdatas: str, secure: bool = True,
+                 proto: str = "tcp") -> "DnsTestServer":
+        """TLSA records at ``_PORT._PROTO.HOST`` (``"3 1 1 HEX"``, see
+        :func:`tlsa_rdata`); with ``secure`` the name's answers carry the AD
+        bit (when the query has AD or DO), as a validating resolver sets it."""
+        name = "_%d._%s.%s" % (port, proto, _key(host))
+        self.add(name, "TLSA", *rdatas)
+        if secure:
+            self.secure(name)
         return self
 
     def clear_behaviour(self) -> None:
@@ -362,6 +374,29 @@ class DnsTestServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def tlsa_rdata(cert_pem: str, usage: int = 3, selector: int = 1, mtype: int = 1,
+               index: int = 0) -> str:
+    """TLSA record text for the ``index``-th certificate of a PEM file (0: the
+    leaf; 1: its issuer in a chain file): selector 0 = the certificate, 1 =
+    its SubjectPublicKeyInfo; matching type 0 = full, 1 = SHA-256, 2 = SHA-512."""
+    import hashlib
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    with open(cert_pem, "rb") as f:
+        certs = x509.load_pem_x509_certificates(f.read())
+    c = certs[index]
+    if selector == 0:
+        data = c.public_bytes(serialization.Encoding.DER)
+    else:
+        data = c.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    if mtype == 1:
+        data = hashlib.sha256(data).digest()
+    elif mtype == 2:
+        data = hashlib.sha512(data).digest()
+    return "%d %d %d %s" % (usage, selector, mtype, data.hex())
 
 
 # ---------------------------------------------------------------------------

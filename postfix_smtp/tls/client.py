@@ -576,6 +576,26 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
     eng = engine(c, log)
     timeout = c.starttls_timeout if timeout is None else timeout
     level = policy.level
+    auth_level = level           # the level tls_auth_enable() saw (SNI, name checks)
+    dane_fail = False
+    if dane_based(level) and policy.tlsa:
+        # tls_dane_enable(): the records OpenSSL accepts (SSL_dane_tlsa_add)
+        from .dane import tlsa_text, tlsa_usable
+        usable = []
+        for rec in policy.tlsa:
+            if tlsa_usable(*rec):
+                usable.append(rec)
+            else:
+                log.warning("%s: unusable TLSA RR: %s" % (namaddrport, tlsa_text(*rec)))
+        if not usable:
+            if level in (LEV_HALF_DANE, LEV_DANE):
+                log.warning("%s: all TLSA records unusable, fallback to unauthenticated TLS"
+                            % namaddrport)
+                level = LEV_ENCRYPT
+            else:
+                log.warning("%s: all TLSA records unusable" % namaddrport)
+                dane_fail = True
+        policy = policy.copy(tlsa=usable, level=level)
     mask = c.log_mask
     if must_match(level):
         mask |= LOG_UNTRUSTED
@@ -644,11 +664,11 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
         a = to_ascii_domain(sni)
         if a is not None and not sni.isascii():
             sni = a
-    if level in (LEV_HALF_DANE, LEV_DANE, LEV_DANE_ONLY):
+    if auth_level in (LEV_HALF_DANE, LEV_DANE, LEV_DANE_ONLY):
         sni = policy.dane_base_domain or sni
     must_fail = False
     ip_ref = None
-    if level in (LEV_VERIFY, LEV_SECURE, LEV_HALF_DANE, LEV_DANE, LEV_DANE_ONLY):
+    if auth_level in (LEV_VERIFY, LEV_SECURE, LEV_HALF_DANE, LEV_DANE, LEV_DANE_ONLY):
         # SSL_add1_host(): a name that parses as an IP address is the (one) IP check
         hosts = []
         for r in _names.reference_names(policy.matchargv, nexthop, host, log.warning,
@@ -724,10 +744,14 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
     peername = None
     if peer is not None:
         cert_fp, pkey_fp, der, spki = fingerprints(peer, c.fingerprint_digest)
-        if level == LEV_FPRINT or (dane_based(level) and policy.tlsa):
-            ok = _dane_match(policy, c, peer, der, spki, conn, errors)
-            final = [] if ok else [(0, V_DANE_NO_MATCH, peer)]
-            if ok and refs and dane_based(level) and not _ee_only(policy):
+        dane_auth = None
+        if dane_fail:
+            final = [(0, V_UNSPECIFIED, peer)]
+        elif level == LEV_FPRINT or (dane_based(level) and policy.tlsa):
+            dane_auth = _dane_match(policy, c, peer, der, spki, conn, errors)
+            final = [] if dane_auth else [(0, V_DANE_NO_MATCH, peer)]
+            # RFC 7672 3.1.1: no name checks for DANE-EE(3); DANE-TA(2) checks names
+            if dane_auth and refs and dane_based(level) and dane_auth[0] > 0:
                 sans, cns = _cert_names(peer)
                 peername = _names.host_matches(sans, cns, refs)
                 if peername is None:
@@ -759,8 +783,11 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
                 if level != LEV_HALF_DANE:
                     status["secured"] = True
                 status["matched"] = True
-                if mask & (LOG_CERTMATCH | LOG_VERBOSE | LOG_PEERCERT) and peername:
-                    log.info("%s: matched peername: %s" % (namaddrport, peername))
+                if mask & (LOG_CERTMATCH | LOG_VERBOSE | LOG_PEERCERT):
+                    if peername:
+                        log.info("%s: matched peername: %s" % (namaddrport, peername))
+                    if dane_auth:                       # tls_dane_log()
+                        _dane_log(log, namaddrport, level, dane_auth)
         if not status["matched"] and (mask & LOG_UNTRUSTED):
             if not reused:
                 _log_verify_error(log, namaddrport, verr)
@@ -798,17 +825,29 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
     return stream
 
 
-def _ee_only(policy: Policy) -> bool:
-    return all(t[0] == 3 for t in policy.tlsa)
+def _dane_log(log, namaddrport: str, level: int, auth) -> None:
+    """tls_dane_log(): which record authenticated the peer."""
+    from .dane import hex_dump
+    depth, (u, s, m, data) = auth
+    if level == LEV_FPRINT:
+        log.info("%s: Matched fingerprint: %s" % (namaddrport, hex_dump(data)))
+        return
+    log.info("%s: Matched DANE %s at depth %d: %u %u %u %s"
+             % (namaddrport, "TA certificate" if depth else "EE certificate", depth,
+                u, s, m, hex_dump(data)))
 
 
-def _dane_match(policy, c, peer, der, spki, conn, errors) -> bool:
+def _dane_match(policy, c, peer, der, spki, conn, errors):
     """Fingerprint level (synthetic DANE-EE with the configured digest) and
-    DNS DANE: DANE-EE(3) against the leaf, DANE-TA(2) against the chain."""
+    DNS DANE: DANE-EE(3) against the leaf, DANE-TA(2) against the chain.
+    Returns None, or (depth, (usage, selector, mtype, data)) of the match
+    (OpenSSL SSL_get0_dane_authority()/SSL_get0_dane_tlsa())."""
     if policy.level == LEV_FPRINT:
-        want = set(policy.fingerprints)
-        return (_raw_digest(c.fingerprint_digest, der) in want
-                or _raw_digest(c.fingerprint_digest, spki) in want)
+        for sel, raw in ((0, der), (1, spki)):
+            d = _raw_digest(c.fingerprint_digest, raw)
+            if d in set(policy.fingerprints):
+                return 0, (3, sel, 255, d)
+        return None
     from cryptography.hazmat.primitives import serialization
     chain = conn.get_peer_cert_chain() or []
 
@@ -824,21 +863,25 @@ def _dane_match(policy, c, peer, der, spki, conn, errors) -> bool:
             return raw == data
         return hashlib.new("sha256" if mtype == 1 else "sha512", raw).digest() == data
 
-    for usage, sel, mtype, data in policy.tlsa:
+    for rec in policy.tlsa:
+        usage, sel, mtype, data = rec
         if usage == 3 and matches(peer, sel, mtype, data):
-            return True
-    for usage, sel, mtype, data in policy.tlsa:
+            return 0, rec
+    for rec in policy.tlsa:
+        usage, sel, mtype, data = rec
         if usage != 2:
             continue
-        for x in chain[1:]:
+        for depth, x in enumerate(chain[1:], 1):
             if matches(x, sel, mtype, data):
                 # the chain below the TA must verify (no issuer/signature errors)
                 bad = [e for e in errors if e[1] not in (V_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
                                                          V_SELF_SIGNED_CERT_IN_CHAIN,
                                                          V_UNABLE_TO_GET_ISSUER_CERT,
-                                                         V_CERT_UNTRUSTED)]
-                return not bad
-    return False
+                                                         V_CERT_UNTRUSTED,
+                                                         V_DEPTH_ZERO_SELF_SIGNED_CERT)
+                       and e[0] < depth]
+                return (depth, rec) if not bad else None
+    return None
 
 
 def _log_verify_error(log, namaddr: str, verr) -> None:

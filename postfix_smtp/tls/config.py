@@ -163,6 +163,10 @@ class TlsConfig:
     ignore_mx_lookup_error: bool = False
     dane_insecure_mx_policy: str = "may"
     force_insecure_host_tlsa_lookup: bool = False
+    insecure_mx_level: int = LEV_MAY           # smtp_tls_insecure_mx_policy (LEV_NONE for lmtp)
+    host_lookup_dns: bool = True               # "dns" in smtp_host_lookup
+    res_defnames: bool = False                 # smtp_dns_resolver_options
+    res_dnsrch: bool = False
     smtputf8_enable: bool = True
     myhostname: str = ""
     min_backoff_time: float = 300.0
@@ -200,6 +204,18 @@ class TlsConfig:
         # mail_conf_lookup() == 0: not set in main.cf nor with -o
         compat_note = _compat_below_3_6(p) and getattr(p, "_raw", {}).get(digest_param) is None
         loglevel = s("smtp_tls_loglevel")
+        insecure_mx_level = LEV_NONE
+        if prefix == "smtp":
+            raw_mx = p.get("smtp_tls_dane_insecure_mx_policy")
+            insecure_mx_level = level_lookup(raw_mx.strip())
+            if insecure_mx_level not in (LEV_MAY, LEV_ENCRYPT, LEV_DANE):
+                raise ConfigError('invalid %s: "%s"' % ("smtp_tls_dane_insecure_mx_policy",
+                                                        raw_mx))
+        host_lookup = [w.lower() for w in p.slist("smtp_host_lookup")]
+        res_opts = [w.lower() for w in p.slist("smtp_dns_resolver_options")]
+        dns_support = s("smtp_dns_support_level").strip().lower()
+        if not dns_support and p.get_bool("disable_dns_lookups"):
+            dns_support = "disabled"
         return cls(
             prefix=prefix,
             service=service or p.get("service_name") or prefix,
@@ -250,6 +266,10 @@ class TlsConfig:
             ignore_mx_lookup_error=p.get_bool("ignore_mx_lookup_error"),
             dane_insecure_mx_policy=s("smtp_tls_dane_insecure_mx_policy"),
             force_insecure_host_tlsa_lookup=p.sbool("smtp_tls_force_insecure_host_tlsa_lookup"),
+            insecure_mx_level=insecure_mx_level,
+            host_lookup_dns=dns_support != "disabled" and "dns" in host_lookup,
+            res_defnames="res_defnames" in res_opts,
+            res_dnsrch="res_dnsrch" in res_opts,
             smtputf8_enable=p.get_bool("smtputf8_enable"),
             myhostname=p.get("myhostname"),
             min_backoff_time=p.get_time("minimal_backoff_time"),

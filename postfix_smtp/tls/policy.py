@@ -260,11 +260,25 @@ def cipher_list(config: TlsConfig, grade: str, exclusions: str):
 class PolicyResolver:
     """smtp_tls_policy_cache_query() for one process."""
 
-    def __init__(self, config: TlsConfig, log=None, tlsa_lookup=None) -> None:
+    def __init__(self, config: TlsConfig, log=None, tlsa_lookup=None, dns=None) -> None:
+        """``tlsa_lookup(host_rr, port, force)``: a DANE result (see
+        :mod:`.dane`) or None for a lookup error; by default a
+        :class:`.dane.TlsaResolver` (on ``dns``, a dns.lookup.Resolver,
+        created on first use) when ``smtp_dns_support_level = dnssec``."""
         self.c = config
         self.log = log or _NullLog()
-        self.tlsa_lookup = tlsa_lookup
+        self._tlsa_lookup = tlsa_lookup
+        self._dns = dns
         self._cache: dict = {}
+
+    @property
+    def tlsa_lookup(self):
+        if self._tlsa_lookup is None and self.c.dns_support_level.strip().lower() == "dnssec":
+            from .config import LOG_DANE, LOG_VERBOSE
+            from .dane import TlsaResolver
+            self._tlsa_lookup = TlsaResolver(
+                self._dns, self.log, log_dane=bool(self.c.log_mask & (LOG_DANE | LOG_VERBOSE)))
+        return self._tlsa_lookup
 
     # -- the obsolete per-site table -------------------------------------
     def _site_lookup(self, tls: Policy, level: int, name: str, what: str) -> int:
@@ -542,7 +556,8 @@ class PolicyResolver:
                              'unix-domain sockets' % dest)
             _mark_invalid(tls)
             return
-        if c.dns_support_level.lower() != "dnssec" or self.tlsa_lookup is None:
+        if (not c.host_lookup_dns or c.dns_support_level.strip().lower() != "dnssec"
+                or self.tlsa_lookup is None):
             self._dane_incompat(tls, "config", "%s: %s configured with dnssec lookups disabled"
                                 % (dest, lname))
             return
@@ -550,15 +565,22 @@ class PolicyResolver:
             self._dane_incompat(tls, "config", "%s: %s configured with MX lookup errors ignored"
                                 % (dest, lname))
             return
-        insecure_mx = (c.dane_insecure_mx_policy or "may").lower()
-        insecure_level = level_lookup(insecure_mx) if insecure_mx else LEV_MAY
+        if c.res_defnames or c.res_dnsrch:
+            self._dane_incompat(tls, "config", "%s: dns resolver options incompatible with %s TLS"
+                                % (dest, lname))
+            return
+        insecure_level = c.insecure_mx_level
         if mx is not None and not mx.dnssec_valid and (
                 tls.level == LEV_DANE_ONLY or insecure_level <= LEV_MAY):
             self._dane_incompat(tls, "dest", "non DNSSEC destination")
             return
+        if host_rr is None:
+            from .dane import HostRR
+            host_rr = HostRR(host, host, False)
         try:
             result = self.tlsa_lookup(host_rr, port, c.force_insecure_host_tlsa_lookup)
-        except Exception:
+        except Exception as exc:           # stock: a lookup error (defer)
+            self.log.warning("DANE TLSA lookup problem: %s" % exc)
             result = None
         if result is None:
             tls.level = LEV_INVALID
@@ -567,7 +589,7 @@ class PolicyResolver:
         if result.notfound:
             self._dane_incompat(tls, "dest", "no TLSA records found")
             return
-        if not result.usable:
+        if result.unusable or not result.usable:
             self._dane_incompat(tls, "cantauth", "TLSA records unusable")
             return
         if mx is not None and not mx.dnssec_valid:
