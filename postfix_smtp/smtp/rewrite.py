@@ -519,11 +519,14 @@ def _param_bool(params: Any, name: str, default: bool) -> bool:
 
 
 class Canonicalizer:
-    """What trivial-rewrite's "canonicalize" does to a lookup result that stock
-    smtp(8) sends it for (rewrite_clnt REWRITE_CANON), for the common cases:
-    the percent hack, ``@$myorigin`` for an address without a domain,
-    ``.$mydomain`` for an unqualified domain (append_dot_mydomain), and a
-    trailing dot removed from the domain."""
+    """What trivial-rewrite's "canonicalize" (rewrite_tree(), local context)
+    does to a lookup result, which stock smtp(8) asks it for through
+    rewrite_clnt(REWRITE_CANON): the null address stays, a lone ``@`` becomes
+    the null address, a source route is dropped, ``a!b`` becomes ``b@a``
+    (swap_bangpath), ``user%domain`` becomes ``user@domain``
+    (allow_percent_hack), ``@$myorigin`` is appended to an address without a
+    domain (append_at_myorigin), ``.$mydomain`` to an unqualified domain
+    (append_dot_mydomain)."""
 
     def __init__(self, params: Any = None) -> None:
         self.myorigin = _param(params, "myorigin", "")
@@ -531,37 +534,37 @@ class Canonicalizer:
         self.append_at_myorigin = _param_bool(params, "append_at_myorigin", True)
         self.append_dot_mydomain = _param_bool(params, "append_dot_mydomain", False)
         self.percent_hack = _param_bool(params, "allow_percent_hack", True)
+        self.swap_bangpath = _param_bool(params, "swap_bangpath", True)
 
     def external(self, addr: str) -> str:
+        """rewrite_tree() of trivial-rewrite for an external-form address."""
         if not addr:
             return addr
-        tree = tok822_scan(addr)[0]
-        toks = tok822_grep(tree, 0)
-        if not toks:
-            return addr
-        # strip trailing dots
-        while toks and toks[-1].type == ord("."):
-            toks.pop()
-        at_idx = None
-        for i in range(len(toks) - 1, -1, -1):
-            if toks[i].type == ord("@"):
-                at_idx = i
-                break
-        if at_idx is None and self.percent_hack:
-            for i in range(len(toks) - 1, -1, -1):
-                if toks[i].type == ord("%"):
-                    toks[i].type = ord("@")
-                    at_idx = i
+        toks = tok822_grep(tok822_scan(addr)[0], 0)
+        if not toks or (len(toks) == 1 and toks[0].type == QSTRING and not toks[0].text):
+            return addr                     # the null address ("") stays as it is
+        if len(toks) == 1 and toks[0].type == ord("@"):
+            return '""'
+        if toks[0].type == ord("@"):        # strip a source route @a,@b:
+            for i, t in enumerate(toks):
+                if t.type == ord(":"):
+                    if i != len(toks) - 1:
+                        toks = toks[i + 1:]
                     break
-        if at_idx is None:
-            if self.append_at_myorigin and self.myorigin:
-                toks.append(Tok(ord("@")))
-                toks.append(Tok(ATOM, self.myorigin))
-        elif (self.append_dot_mydomain and self.mydomain
-              and not any(t.type in (ord("."), DOMLIT) for t in toks[at_idx + 1:])
-              and at_idx + 1 < len(toks)):
-            toks.append(Tok(ord(".")))
-            toks.append(Tok(ATOM, self.mydomain))
+        ats = [i for i, t in enumerate(toks) if t.type == ord("@")]
+        if not ats:
+            bang = next((i for i, t in enumerate(toks) if t.type == ord("!")), None)
+            pct = [i for i, t in enumerate(toks) if t.type == ord("%")]
+            if self.swap_bangpath and bang is not None:
+                toks = toks[bang + 1:] + [Tok(ord("@"))] + toks[:bang]
+            elif self.percent_hack and pct:
+                toks[pct[-1]].type = ord("@")
+            elif self.append_at_myorigin and self.myorigin:
+                toks = toks + [Tok(ord("@"))] + tok822_grep(tok822_scan(self.myorigin)[0], 0)
+        ats = [i for i, t in enumerate(toks) if t.type == ord("@")]
+        if (self.append_dot_mydomain and self.mydomain and ats and ats[-1] != len(toks) - 1
+                and not any(t.type in (ord("."), DOMLIT) for t in toks[ats[-1] + 1:])):
+            toks = toks + [Tok(ord("."))] + tok822_grep(tok822_scan(self.mydomain)[0], 0)
         out = []
         for t in toks:
             if t.type == QSTRING:
