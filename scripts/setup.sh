@@ -12,7 +12,8 @@ venv=${1:-${POSTFIX_SMTP_VENV:-/opt/postfix_smtp/venv}}
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-for pkg in postfix python3-venv ca-certificates postfix-lmdb postfix-pcre postfix-cdb; do
+for pkg in postfix python3-venv ca-certificates postfix-lmdb postfix-pcre postfix-cdb \
+           libsasl2-modules dovecot-core; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
