@@ -9,6 +9,11 @@ Scenarios, with ``smtp_dns_support_level = dnssec``:
 - ``bad.dane.test``: the same with a TLSA record that does not match;
 - ``none.dane.test``: signed, no TLSA records;
 - ``unusable.dane.test``: only a PKIX-TA(0) record (dropped: unusable);
+- ``half.dane.test``: unsigned MX RRset, signed MX host with a matching
+  TLSA record (``smtp_tls_dane_insecure_mx_policy`` = dane: "half-dane");
+- ``insechost.dane.test``: signed MX, unsigned A record (no TLSA lookup);
+- ``test.invalid``: MX ``mx.test.invalid`` (the certificate's name), TLSA
+  2 1 1 of the issuing intermediate CA (DANE-TA with name checks);
 
 at ``smtp_tls_security_level = dane`` and ``dane-only``.  The two runs must
 agree on every outcome (status, DSN, reason text) and on the TLS log lines.
@@ -32,7 +37,9 @@ from postfix_smtp.testing.tlscerts import SERVER_NAME, make_pki
 
 SENDER = "alice@src.test.invalid"
 MESSAGE = b"Subject: dane test\n\nhello over DANE\n"
-DOMAINS = ("ok", "bad", "none", "unusable")
+DOMAINS = ("ok", "bad", "none", "unusable", "half", "insechost", "ta")
+DOMAIN = {d: "%s.dane.test" % d for d in DOMAINS}
+DOMAIN["ta"] = SERVER_NAME.split(".", 1)[1]
 AGENT_LINE = re.compile(r"postfix/(?:relay/)?smtp\[\d+\]: (.*)$")
 TLS_LINE = re.compile(r"TLS connection|verification failed|TLS is required|Server certificate|"
                       r"Cannot start TLS|TLS policy|TLSA|DANE|dnssec|DNSSEC")
@@ -69,13 +76,18 @@ def world(pki):
     srv.secure(".")
     good = tlsa_rdata(pki.cert("good"), 3, 1, 1)
     for d in DOMAINS:
-        dom = "%s.dane.test" % d
+        dom = DOMAIN[d]
         mx = "mx." + dom
         srv.add(dom, "MX", "10 %s." % mx)
         srv.add(mx, "A", LOOPBACK)
-        srv.secure(dom)
-        srv.secure(mx)
+        if d != "half":
+            srv.secure(dom)
+        if d != "insechost":
+            srv.secure(mx)
     srv.add_tlsa("mx.ok.dane.test", port, good)
+    srv.add_tlsa("mx.half.dane.test", port, good)
+    srv.add_tlsa("mx.insechost.dane.test", port, good)
+    srv.add_tlsa(SERVER_NAME, port, tlsa_rdata(pki.cert("good"), 2, 1, 1, index=1))
     srv.add_tlsa("mx.bad.dane.test", port, "3 1 1 " + "00" * 32)
     srv.add_tlsa("mx.unusable.dane.test", port, good.replace("3 ", "0 ", 1))
     yield srv, ns, port
@@ -96,7 +108,7 @@ def run(tmp_base, tag, agent, ns, port, level):
                                    resolv_conf=resolv_conf_text([ns], 1, 2))
     try:
         inst.start()
-        rcpts = ["user@%s.dane.test" % d for d in DOMAINS]
+        rcpts = ["user@%s" % DOMAIN[d] for d in DOMAINS]
         for r in rcpts:
             inst.sendmail(MESSAGE, SENDER, [r])
         for r in rcpts:
@@ -123,7 +135,7 @@ def per_domain(lines, port):
         if not (text.startswith("to=<") or TLS_LINE.search(text)):
             continue
         for d in DOMAINS:
-            if ".%s.dane.test" % d in text or "@%s.dane.test" % d in text:
+            if ".%s" % DOMAIN[d] in text or "@%s" % DOMAIN[d] in text:
                 out[d].append(text)
                 break
         else:
@@ -150,6 +162,11 @@ def test_dane_matches_stock(world, tmp_base, agent_wrapper):
     assert any("Server certificate not verified" in ln for ln in out["bad"]), out["bad"]
     assert any("status=sent" in ln for ln in out["none"])          # dane -> may
     assert any("status=sent" in ln for ln in out["unusable"])      # dane -> encrypt
+    assert any(ln.startswith("Trusted TLS connection established to mx.half")
+               for ln in out["half"]), out["half"]                    # half-dane
+    assert any(ln.startswith("Untrusted TLS") for ln in out["insechost"]), out["insechost"]
+    assert any(ln.startswith("Verified TLS connection established to " + SERVER_NAME)
+               for ln in out["ta"]), out["ta"]
 
 
 def test_dane_only_matches_stock(world, tmp_base, agent_wrapper):
