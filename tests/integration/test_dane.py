@@ -42,7 +42,7 @@ DOMAIN = {d: "%s.dane.test" % d for d in DOMAINS}
 DOMAIN["ta"] = SERVER_NAME.split(".", 1)[1]
 AGENT_LINE = re.compile(r"postfix/(?:relay/)?smtp\[\d+\]: (.*)$")
 TLS_LINE = re.compile(r"TLS connection|verification failed|TLS is required|Server certificate|"
-                      r"Cannot start TLS|TLS policy|TLSA|DANE|dnssec|DNSSEC")
+                      r"Cannot start TLS|TLS policy|TLSA|DANE|dnssec|DNSSEC|peername|subject_CN")
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +96,12 @@ def world(pki):
     shutil.rmtree(base, ignore_errors=True)
 
 
-def run(tmp_base, tag, agent, ns, port, level):
+def run(tmp_base, tag, agent, ns, port, level, loglevel="1"):
     cf = {"minimal_backoff_time": "300s", "maximal_backoff_time": "300s",
           "smtp_tcp_port": str(port), "smtp_connect_timeout": "5s",
           "delay_warning_time": "0", "smtp_dns_support_level": "dnssec",
-          "smtp_tls_security_level": level, "smtp_tls_loglevel": "1"}
-    base = os.path.join(tmp_base, "%s-%s" % (level, tag))
+          "smtp_tls_security_level": level, "smtp_tls_loglevel": loglevel}
+    base = os.path.join(tmp_base, "%s-%s-%s" % (level, loglevel, tag))
     os.makedirs(base, mode=0o755)
     inst = ResolverPostfixInstance(base, agent=agent, main_cf=cf, max_lifetime=300,
                                    myhostname="sender.test.invalid",
@@ -144,10 +144,10 @@ def per_domain(lines, port):
     return out
 
 
-def _both(world, tmp_base, agent_wrapper, level):
+def _both(world, tmp_base, agent_wrapper, level, loglevel="1"):
     srv, ns, port = world
-    ours = per_domain(run(tmp_base, "agent", agent_wrapper, ns, port, level), port)
-    stock = per_domain(run(tmp_base, "stock", None, ns, port, level), port)
+    ours = per_domain(run(tmp_base, "agent", agent_wrapper, ns, port, level, loglevel), port)
+    stock = per_domain(run(tmp_base, "stock", None, ns, port, level, loglevel), port)
     for d in list(DOMAINS) + ["other"]:
         assert ours[d] == stock[d], "%s\nours:  %s\nstock: %s" % (
             d, "\n       ".join(ours[d]), "\n       ".join(stock[d]))
@@ -175,3 +175,12 @@ def test_dane_only_matches_stock(world, tmp_base, agent_wrapper):
     assert any("no TLSA records found" in ln and "status=deferred" in ln
                for ln in out["none"]), out["none"]
     assert any("TLSA records unusable" in ln for ln in out["unusable"]), out["unusable"]
+
+
+def test_dane_loglevel_2_matches_stock(world, tmp_base, agent_wrapper):
+    """The "Matched DANE ..." and "matched peername" lines."""
+    out = _both(world, tmp_base, agent_wrapper, "dane", "2")
+    assert any("Matched DANE EE certificate at depth 0: 3 1 1 " in ln
+               for ln in out["ok"]), out["ok"]
+    assert any("Matched DANE TA certificate at depth 1: 2 1 1 " in ln
+               for ln in out["ta"]), out["ta"]
