@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from . import destinations
-from .ipc.delivery import (FLAG_SUCCESS, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER,
+from .ipc.delivery import (FLAG_CONN_LOAD, FLAG_CONN_STORE, FLAG_SUCCESS, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER,
                            NOTIFY_SUCCESS, SMTPUTF8_REQUESTED, DeliveryRequest, Dsn, Recipient)
 from .ipc.reports import Reporter
 from .log import Logger
@@ -71,6 +71,14 @@ class Delivery:
         self._retry_plain = False      # stock: session->tls_retry_plain
         self._plain_next = False       # the retry of the same address runs without TLS
         self._tls_resolver = None
+        # connection reuse (smtp_reuse.c): decided once, for the first destination
+        self._cache_decided = False
+        self._cache_load = self._cache_store = False
+        self._dest_label: str | None = None   # the first destination's scache label
+        self._dest_text = ""
+        self._dest_tried = False
+        self._dest_saved = False               # a good session is stored under the dest label
+        self._cached_addrs: set = set()        # addresses already used from the cache
         # one resolver per process (it caches resolver settings and local addresses)
         self.resolver = resolver or destinations.AddressResolver(
             settings.lookup, warn=log.warning, info=log.info)
@@ -184,6 +192,12 @@ class Delivery:
         if found.final:
             final_nexthop = True
         endpoints = found.endpoints()
+        if not self._cache_decided and endpoints:
+            self._decide_caching(dest)
+        if self._cache_load and self._dest_label is not None and not self._dest_tried:
+            self._dest_tried = True
+            self._try_cached_destination(endpoints, dest)
+        endpoints = [ep for ep in endpoints if (ep.addr, ep.port) not in self._cached_addrs]
         addr_limit = self.s.mx_address_limit
         sess_limit = self.s.mx_session_limit
         addr_count = sess_count = 0
@@ -207,6 +221,124 @@ class Delivery:
             if (addr_limit and addr_count >= addr_limit) or (sess_limit and sess_count >= sess_limit):
                 break
         return final_nexthop
+
+    # --- connection reuse (smtp_reuse.c, smtp_session.c passivate/activate) -----------
+    def _decide_caching(self, dest) -> None:
+        """Stock: smtp_connection_cache_destinations (load and store), else on demand
+        per qmgr's CONN_LOAD/CONN_STORE flags; the first destination only."""
+        self._cache_decided = True
+        s = self.s
+        if s.cache_time_limit <= 0:
+            return
+        if dest.host.lower() in s.cache_destinations:
+            self._cache_load = self._cache_store = True
+        elif s.cache_on_demand:
+            self._cache_load = bool(self.req.flags & FLAG_CONN_LOAD)
+            self._cache_store = bool(self.req.flags & FLAG_CONN_STORE)
+        if self._cache_load or self._cache_store:
+            from .smtp import reuse
+            self._dest_label = reuse.dest_label(s.service_name, self.req.nexthop)
+            self._dest_text = dest.text
+
+    def _scache(self):
+        from . import scache
+        c = scache.client(path=self.s.scache_path, timeout=self.s.scache_timeout,
+                          idle=self.s.ipc_idle, ttl=self.s.ipc_ttl, log=self.log)
+        return None if c.disabled else c
+
+    def _endp_label(self, ep: Endpoint, policy) -> str:
+        from .smtp import reuse
+        level = policy.level if policy else 0
+        return reuse.endp_label(self.s.service_name, ep.addr, ep.port, level, self._dest_text)
+
+    def _activate(self, sock, ep: Endpoint, endp_prop: str, dest_prop=None):
+        """A cached socket as a Connection after a good RSET probe, else None."""
+        from .smtp import reuse
+        try:
+            state = reuse.activate(endp_prop, dest_prop)
+        except ValueError as exc:
+            self.log.warning("%s: bad cached session properties: %s" % (ep.namaddrport, exc))
+            sock.close()
+            return None
+        if ep is None:
+            fam = 10 if ":" in state.addr else 2
+            from .smtp.session import Endpoint as _Ep
+            ep = _Ep(state.host or state.addr, state.addr, 0, fam)
+        conn = Connection(sock, ep, self.s.timeouts, utf8=self.s.smtputf8_enable,
+                          line_limit=self.s.reply_line_limit)
+        try:
+            conn.write(b"RSET\r\n", Stage.ABORT)           # the RSET probe (smtp_rset_timeout)
+            reply = conn.read_reply(Stage.ABORT)
+        except SessionError:
+            conn.close()
+            return None
+        if reply.klass != 2:
+            conn.close()
+            return None
+        conn.reuse_count = state.reuse_count
+        conn.expire_time = state.expire_time
+        conn.cached_features = state.features
+        conn.cached_state = state
+        return conn
+
+    def _try_cached_destination(self, endpoints: list, dest) -> None:
+        """Look up the request nexthop's label; deliver over that session first."""
+        c = self._scache()
+        if c is None or not endpoints:
+            return
+        got = c.find_dest(self._dest_label)
+        if got is None:
+            return
+        sock, dprop, eprop = got
+        from .smtp import reuse
+        try:
+            d = reuse.activate(eprop, dprop)
+        except ValueError:
+            sock.close()
+            return
+        port = endpoints[0].port
+        for e in endpoints:
+            if e.addr == d.addr:
+                port = e.port
+        ep = Endpoint(d.host or d.addr, d.addr, port, 10 if ":" in d.addr else 2)
+        ep.best_mx = d.best_mx
+        conn = self._activate(sock, ep, eprop, dprop)
+        if conn is None:
+            return
+        self._cached_addrs.add((ep.addr, ep.port))
+        policy = self._tls_policy(dest, ep) if dest is not None else None
+        self._try_server(ep, False, False, 0, 0, dest, cached=(conn, policy or None))
+
+    def _may_keep(self, conn: Connection) -> bool:
+        """May this session stay open for scache at the end of the transaction?"""
+        from .smtp import reuse
+        if not self._cache_store or self.s.cache_time_limit <= 0:
+            return False
+        if getattr(conn, "tls", None) is not None or conn.ep.family not in (2, 10):
+            return False                # TLS state cannot move to another process
+        return not reuse.expired(getattr(conn, "reuse_count", 0), conn.expire_time,
+                                 time.time(), self.s.reuse_count_limit)
+
+    def _save_session(self, conn: Connection, ep: Endpoint) -> bool:
+        """Passivate a good session into scache (the socket is closed here either way)."""
+        from .smtp import reuse
+        c = self._scache()
+        if c is None or reuse.expired(conn.reuse_count, conn.expire_time, time.time(),
+                                      self.s.reuse_count_limit):
+            return False
+        policy = getattr(conn, "tls_policy", None)
+        level = policy.level if policy else 0
+        label = self._endp_label(ep, policy)
+        prop = reuse.endp_props(conn.features, conn.reuse_count, conn.expire_time, level)
+        ttl = self.s.cache_time_limit
+        if self._dest_label is not None and not self._dest_saved:
+            self._dest_saved = True
+            c.save_dest(ttl, self._dest_label, reuse.dest_props(
+                self._dest_text, ep.host, ep.addr, ep.best_mx), label)
+        sock = conn.sock
+        conn.dead = True
+        c.save_endp(ttl, label, prop, sock)
+        return True
 
     def _pass_to_best_mx(self, service: str) -> None:
         """best_mx_transport: hand every remaining recipient to that transport
@@ -244,21 +376,38 @@ class Delivery:
 
     # --- one server -----------------------------------------------------------------
     def _try_server(self, ep: Endpoint, final: bool, last_site: bool,
-                    sess_limit: int, sess_count: int, dest=None) -> None:
+                    sess_limit: int, sess_count: int, dest=None, cached=None) -> None:
         s = self.s
-        policy = self._tls_policy(dest, ep) if dest is not None else None
-        if policy is False:
-            return                    # address skipped (invalid TLS policy, wrapper mode)
-        bind = s.bind_address if ep.family == 2 else s.bind_address6
-        try:
-            sock = connect(ep, s.connect_timeout, bind or None)
-        except ConnectError as exc:
-            text = "connect to %s: %s" % (ep.namaddrport, exc.text)
-            self.log.info(text)
-            self.why = Failure("4.4.1", text)
-            return
-        conn = Connection(sock, ep, s.timeouts, utf8=s.smtputf8_enable,
-                          line_limit=s.reply_line_limit)
+        conn = None
+        if cached is not None:
+            conn, policy = cached
+        else:
+            policy = self._tls_policy(dest, ep) if dest is not None else None
+            if policy is False:
+                return                    # address skipped (invalid TLS policy, wrapper mode)
+            if (self._cache_load and ep.family in (2, 10)
+                    and (ep.addr, ep.port) not in self._cached_addrs):
+                c = self._scache()
+                got = c.find_endp(self._endp_label(ep, policy)) if c is not None else None
+                if got is not None:
+                    conn = self._activate(got[0], ep, got[1])
+                    if conn is not None:
+                        self._cached_addrs.add((ep.addr, ep.port))
+        if conn is None:
+            bind = s.bind_address if ep.family == 2 else s.bind_address6
+            try:
+                sock = connect(ep, s.connect_timeout, bind or None)
+            except ConnectError as exc:
+                text = "connect to %s: %s" % (ep.namaddrport, exc.text)
+                self.log.info(text)
+                self.why = Failure("4.4.1", text)
+                return
+            conn = Connection(sock, ep, s.timeouts, utf8=s.smtputf8_enable,
+                              line_limit=s.reply_line_limit)
+            conn.reuse_count = 0
+            conn.expire_time = time.time() + s.reuse_time_limit
+            conn.cached_features = None
+        conn.keep = conn.good = conn.quit_later = False
         conn.tls_policy = policy
         conn.tls_dest = dest
         conn.tls = None
@@ -266,7 +415,12 @@ class Delivery:
         self._handled = set()
         try:
             try:
-                features = self._handshake(conn, ep)
+                if conn.cached_features is not None:     # reused: no greeting, EHLO, STARTTLS
+                    features = conn.cached_features
+                    self.req.stats.reuse_count = conn.reuse_count
+                else:
+                    features = self._handshake(conn, ep)
+                conn.features = features
                 self._sessions += 1
                 # the session limit may make this the last attempt of the last site
                 if last_site and sess_limit and sess_count + 1 >= sess_limit:
@@ -277,6 +431,14 @@ class Delivery:
             except _SessionDone:
                 pass
         finally:
+            saved = False
+            if conn.good and not conn.dead:
+                try:
+                    saved = self._save_session(conn, ep)
+                except Exception as exc:     # never lose the request over the cache
+                    self.log.warning("connection cache: %s" % exc)
+            if not saved and (conn.good or conn.quit_later):
+                self._quit(conn)             # not cached after all: QUIT at clean-up
             conn.close()
             self._handled = set()
             st = self.req.stats
@@ -345,7 +507,9 @@ class Delivery:
             from .tls.policy import PolicyResolver
             cfg.ensure_tables(self.log)
             self._tls_resolver = PolicyResolver(cfg, self.log)
-        policy = self._tls_resolver.resolve(dest.text, ep.host, ep.port)
+        # DANE: the MX record and this address record (stock iter->mx, iter->rr)
+        policy = self._tls_resolver.resolve(dest.text, ep.host, ep.port,
+                                            getattr(ep, "mx", None), getattr(ep, "rr", None))
         if policy.invalid:
             self.log.warning("TLS policy lookup for %s/%s: %s" % (dest.text, ep.host,
                                                                   policy.reason))
@@ -588,8 +752,10 @@ class Delivery:
         rcpts = [r for r in self.todo if id(r) not in self._handled]
         probe = req.trace_only
         send_data = not (probe and s.address_verify_target != "data")
+        keep = conn.keep = self._may_keep(conn)
+        rset_rejected = False
         tx = Transaction(self._mail_command(f), [self._rcpt_command(f, r) for r in rcpts],
-                         pipelining=f.pipelining, send_data=send_data, send_quit=True,
+                         pipelining=f.pipelining, send_data=send_data, send_quit=not keep,
                          await_quit=not s.skip_quit_response, lmtp=s.personality == "lmtp",
                          xforward=self._xforward_commands(f))
         req.stats.conn_setup_done = time.time()
@@ -614,6 +780,8 @@ class Delivery:
             if stage == Stage.DOT:
                 req.stats.deliver_done = time.time()
             index = tx.awaiting[0].index
+            if stage == Stage.ABORT and reply.klass != 2:
+                rset_rejected = True
             tx.on_reply(reply)
             self._on_reply(tx, stage, index, reply, rcpts, ep, f)
             if stage == Stage.DATA and probe and reply.klass == 3 and tx.accepted:
@@ -623,6 +791,11 @@ class Delivery:
             conn.flush(Stage.QUIT)
         except SessionError:
             pass
+        if keep and not conn.dead:
+            if rset_rejected or _protocol_error(tx):
+                conn.quit_later = True       # never cache a session with protocol errors
+            else:
+                conn.good = True
 
     def _xforward_commands(self, f: Features) -> tuple:
         """XFORWARD name/address and protocol/helo commands (smtp_send_xforward_command)."""
@@ -831,6 +1004,18 @@ def _pass_request_attrs(req, nexthop: str) -> list:
         ("sasl_sender", req.sasl_sender), ("log_ident", req.log_ident),
         ("rewrite_context", req.rewrite_context), ("recipient_count", 1),
     ]
+
+
+def _protocol_error(tx: Transaction) -> bool:
+    """A reply stock counts as a protocol error (500-509, 555, not 2xx-5xx)."""
+    replies = [r for _s, r in tx.xforward_replies]
+    replies += [tx.mail_reply, tx.data_reply, tx.dot_reply]
+    replies += list(tx.rcpt_replies.values()) + list(tx.dot_replies.values())
+    for r in replies:
+        if r is not None and (500 <= r.code <= 509 or r.code == 555
+                              or not 200 <= r.code <= 599):
+            return True
+    return False
 
 
 def _where(stage: Stage) -> str:

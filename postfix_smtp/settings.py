@@ -28,7 +28,7 @@ _TIMEOUT_PARAMS = {
 #: Obsolete names from the seed manual page (Postfix 2.2) -> what 3.7 reads.
 OBSOLETE = {
     "smtp_skip_4xx_greeting": None,
-    "smtp_connection_cache_reuse_limit": "smtp_connection_reuse_time_limit",
+    "smtp_connection_cache_reuse_limit": "smtp_connection_reuse_count_limit",
     "smtp_tls_cipherlist": "smtp_tls_mandatory_ciphers",
 }
 
@@ -85,6 +85,17 @@ class Settings:
     header_size_limit: int = 102400
     service_names: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    # connection reuse through scache(8)
+    cache_on_demand: bool = True
+    cache_destinations: frozenset = frozenset()
+    cache_time_limit: int = 2
+    reuse_time_limit: float = 300.0
+    reuse_count_limit: int = 0
+    tls_connection_reuse: bool = False
+    scache_path: str = "private/scache"
+    scache_timeout: float = 5.0
+    ipc_idle: float = 5.0
+    ipc_ttl: float = 1000.0
 
     @classmethod
     def from_params(cls, p: Params, personality: str) -> "Settings":
@@ -116,6 +127,11 @@ class Settings:
         if p.sbool("smtp_sasl_auth_enable"):
             warnings.append("%s = yes: SASL authentication is not yet supported by "
                             "postfix_smtp" % p.p("smtp_sasl_auth_enable"))
+        reuse_count_limit = p.sint("smtp_connection_reuse_count_limit")
+        obsolete_reuse = p.raw("smtp_connection_cache_reuse_limit")
+        if (obsolete_reuse is not None and obsolete_reuse.strip().isdigit()
+                and p._raw.get(p.p("smtp_connection_reuse_count_limit")) is None):
+            reuse_count_limit = int(obsolete_reuse.strip())   # the 2.2 name of the count limit
         return cls(
             personality=personality,
             service_name=p.get("service_name"),
@@ -171,4 +187,15 @@ class Settings:
                 "verify": p.get("address_verify_service_name"),
             },
             warnings=warnings,
+            cache_on_demand=p.sbool("smtp_connection_cache_on_demand"),
+            cache_destinations=frozenset(x.lower() for x in
+                                         p.slist("smtp_connection_cache_destinations")),
+            cache_time_limit=int(p.stime("smtp_connection_cache_time_limit")),
+            reuse_time_limit=p.stime("smtp_connection_reuse_time_limit"),
+            reuse_count_limit=reuse_count_limit,
+            tls_connection_reuse=p.sbool("smtp_tls_connection_reuse"),
+            scache_path="private/" + (p.get("connection_cache_service_name") or "scache"),
+            scache_timeout=p.get_time("connection_cache_protocol_timeout"),
+            ipc_idle=p.get_time("ipc_idle"),
+            ipc_ttl=p.get_time("ipc_ttl"),
         )

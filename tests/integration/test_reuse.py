@@ -8,16 +8,12 @@ import re
 import socket
 import time
 
-import pytest
 
-from postfix_smtp.delivery import Delivery
 from postfix_smtp.testing.instance import PostfixInstance
 from postfix_smtp.testing.peer import PeerScript, SmtpPeer
 from test_delivery import MESSAGE, RCPT, SENDER
 
 # until /tmp/reuse-delivery.patch (delivery.py, settings.py) is merged
-pytestmark = pytest.mark.skipif(not hasattr(Delivery, "_save_session"),
-                                reason="connection reuse is not wired into delivery.py yet")
 
 SENT = re.compile(r"postfix/smtp\[\d+\]: \w+: to=<[^>]*>, .*status=sent")
 CACHE_CF = {"smtp_connection_cache_destinations": "127.0.0.1",
