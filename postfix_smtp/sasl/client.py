@@ -197,6 +197,19 @@ class SaslClient:
             line_limit=p.get_int("line_length_limit"),
             dummy_mail_auth=p.sbool("smtp_send_dummy_mail_auth"), log=log)
 
+    def changed_table(self) -> str | None:
+        """"type:name" of a file table (password table, filter table) rebuilt
+        since it was opened, else None (stock: the process then exits after
+        the request, and master(8) starts a fresh one)."""
+        tables = [self.table] + [p for _m, kind, p in (self.filter.patterns if self.filter
+                                                         else ()) if kind == "table"]
+        for t in tables:
+            fn = getattr(t, "changed_name", None)
+            name = fn() if fn is not None else None
+            if name:
+                return name
+        return None
+
     def attach_log(self, log) -> None:
         """Give a client built without a logger the process's Logger."""
         if isinstance(self.log, DeferredLog):

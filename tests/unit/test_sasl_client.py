@@ -223,3 +223,25 @@ def test_deferred_log_replays_and_forwards(tmp_path):
                             "not supported: # comment")
     c.helo_auth(["250-x", "250 AUTH"], "h:25")
     assert log.lines[-1] == "warning: h:25 offered null AUTH mechanism list"
+
+
+def test_changed_table(tmp_path):
+    import os
+    import subprocess
+    import time
+    pw = tmp_path / "sasl_passwd"
+    pw.write_text("relay.example bob:pw\n")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text("")
+    try:
+        subprocess.run(["/usr/sbin/postmap", "-c", str(etc), "hash:%s" % pw], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("postmap not usable here")
+    c = SaslClient.from_params(Params({"smtp_sasl_auth_enable": "yes",
+                                       "smtp_sasl_password_maps": "hash:%s" % pw}), "smtp")
+    assert c.changed_table() is None
+    time.sleep(1.1)
+    os.utime(str(pw) + ".db")
+    assert c.changed_table() == "hash:%s" % pw
