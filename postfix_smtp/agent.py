@@ -15,6 +15,10 @@ from .queue.file import (QueueFile, QueueFileFatal, QueueFileMissing, QueueNameE
                          queue_path)
 from .settings import Settings
 
+#: parameters whose tables the content output (generic maps, checks) uses
+CONTENT_TABLE_PARAMS = ("smtp_generic_maps", "smtp_header_checks", "smtp_mime_header_checks",
+                        "smtp_nested_header_checks", "smtp_body_checks")
+
 
 class Agent:
     def __init__(self, settings: Settings, log: Logger, flags: str = "") -> None:
@@ -22,6 +26,8 @@ class Agent:
         self.log = log
         self.flags = flags
         self.tables = None            # postfix_smtp.maps.OpenContext once tables are open
+        self.generic = None           # smtp.rewrite.GenericMapper (smtp_generic_maps)
+        self.checks = None            # smtp.checks.HeaderBodyChecks (smtp_*_checks)
         from .destinations import AddressResolver
         self.resolver = AddressResolver(settings.lookup, warn=log.warning, info=log.info)
         self.report_settings = ReportSettings(
@@ -40,12 +46,23 @@ class Agent:
         """Open every lookup table the configuration names, before privileges
         are dropped (so a root-only sasl_passwd.db works), sharing one context."""
         tls = self.s.tls
-        if tls is None or not (tls.policy_maps.strip() or tls.per_site.strip()):
+        p = self.s.params
+        need_tls = tls is not None and bool(tls.policy_maps.strip() or tls.per_site.strip())
+        need_content = p is not None and any(
+            p.sget(name).strip() for name in CONTENT_TABLE_PARAMS)
+        if not (need_tls or need_content):
             return
         from .maps import OpenContext
-        self.tables = OpenContext(tls.params, self.log)
-        tls.open_tables(tls.params, self.log, self.tables)
-        tls._tables_open = True
+        self.tables = OpenContext(tls.params if tls is not None else p, self.log)
+        if need_tls:
+            tls.open_tables(tls.params, self.log, self.tables)
+            tls._tables_open = True
+        if need_content:
+            from .smtp.checks import HeaderBodyChecks
+            from .smtp.rewrite import GenericMapper
+            self.generic = GenericMapper.from_params(p, p.p("smtp_generic_maps"),
+                                                     self.tables, self.log)
+            self.checks = HeaderBodyChecks.from_params(p, self.tables, self.log, pname=p.p)
 
     def changed_table(self) -> str | None:
         """"type:name" of a file table rebuilt since it was opened (stock: the
@@ -113,7 +130,8 @@ class Agent:
             return dr.STATUS_DEFER, None
         try:
             reporter = Reporter(req, self.log, self.report_settings)
-            delivery = Delivery(req, qf, self.s, self.log, reporter, self.flags, self.resolver)
+            delivery = Delivery(req, qf, self.s, self.log, reporter, self.flags, self.resolver,
+                                generic=self.generic, checks=self.checks)
             if self._flag_checks(req, delivery):
                 status = delivery.status
             else:

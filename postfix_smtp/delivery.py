@@ -22,10 +22,12 @@ from .log import Logger
 from .queue.file import CorruptContent, QueueFile
 from .settings import Settings
 from .smtp.address import quote_821, quote_822, xtext
+from .smtp.checks import ChecksLookupError, OutputFilter
 from .smtp.content import TextEncoder
 from .smtp.protocol import (EHLO_MASK_NAMES, IN_REPLY_TO, STAGE_INFO, Features, Stage, Transaction,
                             greeting_says_esmtp, parse_ehlo)
 from .smtp.reply import Reply, ReplyParser
+from .smtp.rewrite import GenericMapError
 from .smtp.session import Connection, ConnectError, Endpoint, SessionError, connect
 
 CONTENT_CHUNK = 65536
@@ -51,8 +53,11 @@ class _MimeFailure(Exception):
 class Delivery:
     def __init__(self, req: DeliveryRequest, qf: QueueFile | None, settings: Settings,
                  log: Logger, reporter: Reporter, flags_letters: str = "",
-                 resolver: "destinations.AddressResolver | None" = None) -> None:
+                 resolver: "destinations.AddressResolver | None" = None,
+                 generic=None, checks=None) -> None:
         self.req = req
+        self.generic = generic        # smtp.rewrite.GenericMapper or None
+        self.checks = checks          # smtp.checks.HeaderBodyChecks or None
         self.qf = qf
         self.s = settings
         self.log = log
@@ -695,7 +700,8 @@ class Delivery:
     # --- the transaction ---------------------------------------------------------------
     def _mail_command(self, f: Features) -> bytes:
         req, s = self.req, self.s
-        sender = quote_821(req.sender) if s.quote_rfc821_envelope else req.sender
+        sender = self._generic(req.sender)
+        sender = quote_821(sender) if s.quote_rfc821_envelope else sender
         cmd = "MAIL FROM:<%s>" % sender
         downgrade_possible = (not f.eightbitmime and not s.disable_mime_output_conversion
                               and req.encoding != "7bit")
@@ -721,7 +727,8 @@ class Delivery:
 
     def _rcpt_command(self, f: Features, rcpt: Recipient) -> bytes:
         s = self.s
-        addr = quote_821(rcpt.address) if s.quote_rfc821_envelope else rcpt.address
+        addr = self._generic(rcpt.address)
+        addr = quote_821(addr) if s.quote_rfc821_envelope else addr
         cmd = "RCPT TO:<%s>" % addr
         if f.dsn:
             if rcpt.dsn_orig_rcpt:
@@ -754,7 +761,14 @@ class Delivery:
         send_data = not (probe and s.address_verify_target != "data")
         keep = conn.keep = self._may_keep(conn)
         rset_rejected = False
-        tx = Transaction(self._mail_command(f), [self._rcpt_command(f, r) for r in rcpts],
+        try:
+            mail_cmd = self._mail_command(f)
+            rcpt_cmds = [self._rcpt_command(f, r) for r in rcpts]
+        except GenericMapError as exc:       # stock: fatal
+            self._local_data_error(conn, ep, str(exc))
+            self._quit(conn)
+            return
+        tx = Transaction(mail_cmd, rcpt_cmds,
                          pipelining=f.pipelining, send_data=send_data, send_quit=not keep,
                          await_quit=not s.skip_quit_response, lmtp=s.personality == "lmtp",
                          xforward=self._xforward_commands(f))
@@ -903,11 +917,26 @@ class Delivery:
         req = self.req
         s = self.s
         mime = None
-        if not f.eightbitmime and not s.disable_mime_output_conversion and req.encoding != "7bit":
-            from .smtp.mime import MimeDowngrade     # only when a downgrade is possible
-            mime = MimeDowngrade(downgrade=True, nesting_limit=s.mime_nesting_limit,
+        downgrade = (not f.eightbitmime and not s.disable_mime_output_conversion
+                     and req.encoding != "7bit")
+        any_checks = self.checks is not None
+        if downgrade or any_checks or self.generic is not None:
+            # smtp_proto.c: downgrade -> full MIME + nesting errors; checks -> full MIME;
+            # generic maps only -> primary headers only (MIME_OPT_DISABLE_MIME)
+            from .smtp.mime import MimeDowngrade
+            kw = {}
+            if self.generic is not None or (any_checks and self.checks.has_header_checks):
+                flt = OutputFilter(req.queue_id, self.checks, self.generic, self.log)
+                kw["header_callback"] = flt.header_callback
+                if any_checks and self.checks.has_body_checks:
+                    kw["body_callback"] = flt.body_callback
+            elif any_checks:
+                flt = OutputFilter(req.queue_id, self.checks, None, self.log)
+                kw["body_callback"] = flt.body_callback
+            mime = MimeDowngrade(downgrade=downgrade, nesting_limit=s.mime_nesting_limit,
                                  boundary_limit=s.mime_boundary_length_limit,
-                                 header_size_limit=s.header_size_limit)
+                                 header_size_limit=s.header_size_limit,
+                                 disable_mime=not downgrade and not any_checks, **kw)
 
         def put(text: bytes, complete: bool) -> None:
             if mime is None:
@@ -948,6 +977,13 @@ class Delivery:
                     self.log.warning("mark queue file %s corrupt: %s" % (self.qf.path, e))
             conn.close()            # no '.', no QUIT: the server must discard the message
             return False
+        except (ChecksLookupError, GenericMapError) as exc:
+            # smtp_proto.c: SMTP_ERR_DATA (a generic map error is fatal in stock)
+            if isinstance(exc, GenericMapError):
+                self.log.warning(str(exc))
+            self._local_data_error(conn, ep, None)
+            conn.close()            # no '.': the server discards the partial message
+            return False
         except _MimeFailure as exc:
             try:
                 conn.write(enc.take(), Stage.BODY)
@@ -976,17 +1012,33 @@ class Delivery:
                           % (req.queue_id, self.s.line_length_limit))
         return True
 
+    def _generic(self, addr: str) -> str:
+        """smtp_rewrite_generic_internal(): non-empty addresses through
+        smtp_generic_maps; GenericMapError on a table error."""
+        if self.generic is None or not addr:
+            return addr
+        return self.generic.map_envelope(addr)
+
+    def _local_data_error(self, conn: Connection, ep: Endpoint, warning: str | None) -> None:
+        """A table lookup failed while building the transaction or the content:
+        stock's SMTP_ERR_DATA outcome (4.3.0, throttled).  Stock exits fatally
+        on smtp_generic_maps errors instead; deferring keeps the agent alive."""
+        if warning:
+            self.log.warning(warning)
+        self._bulk_fail(Dsn(status="4.3.0", reason="local data error while talking to %s"
+                            % ep.namaddr), self._relay(ep), self._final, throttle=True)
+
     def _prepended_headers(self) -> list:
         out = []
         req = self.req
         letters = self.flags_letters
         if "R" in letters:
-            out.append("Return-Path: <%s>" % quote_822(req.sender))
+            out.append("Return-Path: <%s>" % quote_822(self._generic(req.sender)))
         if "O" in letters and self.todo:
             r = self.todo[0]
-            out.append("X-Original-To: %s" % quote_822(r.original or r.address))
+            out.append("X-Original-To: %s" % quote_822(self._generic(r.original or r.address)))
         if "D" in letters and self.todo:
-            out.append("Delivered-To: %s" % quote_822(self.todo[0].address))
+            out.append("Delivered-To: %s" % quote_822(self._generic(self.todo[0].address)))
         return [h.encode("utf-8", "surrogateescape") for h in out]
 
 

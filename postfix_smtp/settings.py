@@ -85,6 +85,7 @@ class Settings:
     header_size_limit: int = 102400
     service_names: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    params: object = None            # the Params (content tables are opened from it)
     # connection reuse through scache(8)
     cache_on_demand: bool = True
     cache_destinations: frozenset = frozenset()
@@ -118,9 +119,7 @@ class Settings:
         warnings.extend(lookup.warnings)
         from .tls.config import TlsConfig      # OpenSSL itself is imported only on use
         tls = TlsConfig.from_params(p, personality)   # ConfigError: invalid level (fatal)
-        for name in ("smtp_sasl_password_maps",
-                     "smtp_generic_maps", "smtp_header_checks", "smtp_body_checks",
-                     "smtp_mime_header_checks", "smtp_nested_header_checks"):
+        for name in ("smtp_sasl_password_maps",):
             if p.sget(name).strip():
                 warnings.append("%s is set but not yet supported by postfix_smtp; ignored"
                                 % p.p(name))
@@ -198,4 +197,5 @@ class Settings:
             scache_timeout=p.get_time("connection_cache_protocol_timeout"),
             ipc_idle=p.get_time("ipc_idle"),
             ipc_ttl=p.get_time("ipc_ttl"),
+            params=p,
         )

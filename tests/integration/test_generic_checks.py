@@ -13,18 +13,11 @@ import re
 import subprocess
 import time
 
-import inspect
 
-import pytest
-
-from postfix_smtp.delivery import Delivery
 from postfix_smtp.testing.instance import PostfixInstance, tool
 from postfix_smtp.testing.peer import PeerScript, SmtpPeer
 from test_delivery import _agent_lines, normalise_line, normalise_wire
 
-if "generic" not in inspect.signature(Delivery.__init__).parameters:
-    pytest.skip("delivery.py does not wire smtp_generic_maps/checks yet "
-                "(/tmp/generic-delivery.patch)", allow_module_level=True)
 
 GENERIC_HASH = """\
 alice@src.test.invalid          Alice.Public@public.example
