@@ -105,8 +105,15 @@ class SaslClient:
                  soft_bounce: bool = True, authzid: bool = False, sender_dependent: bool = False,
                  personality: str = "smtp", search: AddressSearch | None = None,
                  cache: AuthCache | None = None, line_limit: int = 2048,
-                 dummy_mail_auth: bool = False, option_names: tuple = (), log=None) -> None:
+                 dummy_mail_auth: bool = False, log=None,
+                 label_passwd: bool = False, label_sender: bool = False) -> None:
         self.enabled = enabled
+        # connection-cache labels (smtp.h COND_SASL_SMTP_KEY_FLAG_*): with a
+        # password table configured (enabled or not, as stock tests only
+        # *var_smtp_sasl_passwd), sessions are keyed by nexthop and host name
+        # too, and with sender-dependent authentication by sender as well
+        self.label_passwd = label_passwd
+        self.label_sender = label_sender
         self.table = password_table
         self.title = title
         if tls_options is None:
@@ -136,8 +143,11 @@ class SaslClient:
         if log is None:
             log = DeferredLog()
         enabled = p.sbool("smtp_sasl_auth_enable")
+        passwd_set = bool(p.sget("smtp_sasl_password_maps"))
+        labels = dict(label_passwd=passwd_set,
+                      label_sender=passwd_set and p.sbool("smtp_sender_dependent_authentication"))
         if not enabled:
-            return cls(enabled=False, personality=personality, log=log)
+            return cls(enabled=False, personality=personality, log=log, **labels)
         from ..config.params import ConfigError
         maps_param = p.p("smtp_sasl_password_maps")
         maps_spec = p.sget("smtp_sasl_password_maps")
@@ -195,7 +205,7 @@ class SaslClient:
                               and p.sbool("smtp_sender_dependent_authentication")),
             personality=personality, search=search, cache=cache,
             line_limit=p.get_int("line_length_limit"),
-            dummy_mail_auth=p.sbool("smtp_send_dummy_mail_auth"), log=log)
+            dummy_mail_auth=p.sbool("smtp_send_dummy_mail_auth"), log=log, **labels)
 
     def changed_table(self) -> str | None:
         """"type:name" of a file table (password table, filter table) rebuilt

@@ -245,3 +245,13 @@ def test_changed_table(tmp_path):
     time.sleep(1.1)
     os.utime(str(pw) + ".db")
     assert c.changed_table() == "hash:%s" % pw
+
+
+def test_cache_label_conditions(tmp_path):
+    c = SaslClient.from_params(Params({}), "smtp")
+    assert (c.label_passwd, c.label_sender) == (False, False)
+    c = SaslClient.from_params(Params({"smtp_sasl_password_maps": "texthash:/nonexistent",
+                                       "smtp_sender_dependent_authentication": "yes"}), "smtp")
+    assert not c.enabled and (c.label_passwd, c.label_sender) == (True, True)
+    c = client(tmp_path)
+    assert (c.label_passwd, c.label_sender) == (True, False)
