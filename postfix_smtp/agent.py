@@ -44,8 +44,13 @@ class Agent:
 
     def open_tables(self) -> None:
         """Open every lookup table the configuration names, before privileges
-        are dropped (so a root-only sasl_passwd.db works), sharing one context."""
+        are dropped (so a root-only sasl_passwd.db works), sharing one context.
+        A client certificate's key is read now too, as stock does."""
         tls = self.s.tls
+        if tls is not None and (tls.cert_file or tls.chain_files or tls.eccert_file
+                                or tls.dcert_file):
+            from .tls.client import engine_available      # imports OpenSSL
+            engine_available(tls, self.log)
         p = self.s.params
         need_tls = tls is not None and bool(tls.policy_maps.strip() or tls.per_site.strip())
         need_content = p is not None and any(

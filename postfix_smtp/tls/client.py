@@ -218,14 +218,38 @@ class Engine:
         self._contexts[key] = ctx
         return ctx
 
+    def _key_material(self, path: str, what: str):
+        """The PEM file's bytes, read once per process.
+
+        Stock loads keys and certificates before dropping privileges; contexts
+        made later (other protocol/cipher combinations) reuse these bytes, so a
+        key file readable only by root keeps working after the drop."""
+        cache = self.__dict__.setdefault("_pem", {})
+        if path not in cache:
+            with open(path, "rb") as f:
+                cache[path] = f.read()
+        return cache[path]
+
+    def _use_chain(self, ctx, path: str) -> None:
+        certs = _pem_blocks(self._key_material(path, "certificate"), b"CERTIFICATE")
+        if not certs:
+            raise SSL.Error([("PEM routines", "", "no start line")])
+        ctx.use_certificate(crypto.load_certificate(crypto.FILETYPE_PEM, certs[0]))
+        for pem in certs[1:]:
+            ctx.add_extra_chain_cert(crypto.load_certificate(crypto.FILETYPE_PEM, pem))
+
+    def _use_key(self, ctx, path: str) -> None:
+        ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM,
+                                                  self._key_material(path, "key")))
+
     def _load_keys(self, ctx) -> None:
         c = self.c
         if c.chain_files.strip():
             for path in _split(c.chain_files):
                 try:
-                    ctx.use_privatekey_file(path)
-                    ctx.use_certificate_chain_file(path)
-                except (SSL.Error, OSError) as exc:
+                    self._use_key(ctx, path)
+                    self._use_chain(ctx, path)
+                except (SSL.Error, crypto.Error, OSError) as exc:
                     self.log.warning("error loading private keys and certificates from: %s: %s"
                                      % (path, "disabling TLS support"))
                     _log_ssl_error(self.log, exc)
@@ -237,15 +261,15 @@ class Engine:
             if not cert:
                 continue
             try:
-                ctx.use_certificate_chain_file(cert)
-            except (SSL.Error, OSError) as exc:
+                self._use_chain(ctx, cert)
+            except (SSL.Error, crypto.Error, OSError) as exc:
                 self.log.warning('cannot get %s certificate from file "%s": disabling TLS '
                                  'support' % (kind, cert))
                 _log_ssl_error(self.log, exc)
                 raise TlsEngineError("cert") from None
             try:
-                ctx.use_privatekey_file(key or cert)
-            except (SSL.Error, OSError) as exc:
+                self._use_key(ctx, key or cert)
+            except (SSL.Error, crypto.Error, OSError) as exc:
                 self.log.warning('cannot get %s private key from file "%s": disabling TLS '
                                  'support' % (kind, key or cert))
                 _log_ssl_error(self.log, exc)
@@ -257,6 +281,18 @@ class Engine:
                                  "disabling TLS support" % (kind, key or cert, cert))
                 _log_ssl_error(self.log, exc)
                 raise TlsEngineError("keypair") from None
+
+
+def _pem_blocks(data: bytes, label: bytes) -> list:
+    """The PEM blocks of one kind (e.g. CERTIFICATE) in file order."""
+    begin = b"-----BEGIN " + label + b"-----"
+    end = b"-----END " + label + b"-----"
+    out = []
+    for part in data.split(begin)[1:]:
+        stop = part.find(end)
+        if stop >= 0:
+            out.append(begin + part[:stop] + end + b"\n")
+    return out
 
 
 def engine(config: TlsConfig, log=None) -> Engine:

@@ -43,3 +43,33 @@ def test_root_only_policy_table_and_rebuild_restart(tmp_base, agent_wrapper):
     finally:
         inst.stop()
         peer.stop()
+
+
+def test_root_only_client_key_is_loaded_before_privileges_drop(tmp_base, agent_wrapper):
+    """smtp_tls_cert_file/key_file readable only by root: stock loads them before
+    dropping privileges; so must we, or TLS is silently disabled."""
+    import shutil
+
+    from postfix_smtp.testing.tlscerts import make_pki
+    pki = make_pki(os.path.join(tmp_base, "pki"))
+    key = os.path.join(tmp_base, "client.key")
+    shutil.copy(pki.key("client"), key)
+    os.chmod(key, 0o600)                                     # root only
+    peer = SmtpPeer(PeerScript(tls_cert=pki.cert("good"), tls_key=pki.key("good")),
+                    max_lifetime=90)
+    peer.start()
+    inst = PostfixInstance(
+        os.path.join(tmp_base, "pf"), relayhost=peer.address, agent=agent_wrapper,
+        main_cf={"smtp_tls_security_level": "may", "smtp_tls_loglevel": "1",
+                 "smtp_tls_cert_file": pki.cert("client"), "smtp_tls_key_file": key},
+        max_lifetime=120)
+    try:
+        inst.start()
+        inst.sendmail(MSG, "a@src.test.invalid", ["b@dest.test.invalid"])
+        inst.expect_log(r"postfix/smtp\[\d+\]: \w+: to=<b@dest.*status=sent", timeout=30)
+        log = inst.log_lines()
+        assert not any("disabling TLS support" in ln for ln in log), log[-20:]
+        assert any("TLS connection established to 127.0.0.1[127.0.0.1]" in ln for ln in log)
+    finally:
+        inst.stop()
+        peer.stop()
