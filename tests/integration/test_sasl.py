@@ -46,7 +46,8 @@ MESSAGE = b"From: sender@src.test.invalid\nTo: rcpt@dest.test.invalid\nSubject: 
 
 AGENT_LINE = re.compile(r"postfix/smtp\[\d+\]: (\w+): to=<")
 LINE = re.compile(
-    r"^\w+: to=<(?P<to>[^>]*)>, relay=(?P<relay>\S+), (?:conn_use=\d+, )?delay=[\d.]+, "
+    r"^\w+: to=<(?P<to>[^>]*)>, relay=(?P<relay>\S+), (?:conn_use=(?P<conn_use>\d+), )?"
+    r"delay=[\d.]+, "
     r"delays=[\d./]+, dsn=(?P<dsn>[\d.]+), status=(?P<status>\w+) \((?P<reason>.*)\)$")
 WARNING = re.compile(r"postfix/smtp\[\d+\]: (warning: .*)$")
 INFO = re.compile(r"postfix/smtp\[\d+\]: ([0-9A-F]+: (?!to=<).*)$")
@@ -94,7 +95,7 @@ def write_passwd(path: str, entries: str, config_dir: str) -> str:
 
 def run(base: str, agent, dovecot: DovecotAuth, passwd: str, cf: dict | None = None,
         recv_cf: dict | None = None, messages: int = 1, relayhost: str | None = None,
-        chroot: bool = False) -> Result:
+        chroot: bool = False, senders: list | None = None) -> Result:
     os.makedirs(base, mode=0o755, exist_ok=True)
     os.chmod(base, 0o755)
     recv = receiving_instance(os.path.join(base, "recv"), dovecot, **(recv_cf or {}))
@@ -117,8 +118,8 @@ def run(base: str, agent, dovecot: DovecotAuth, passwd: str, cf: dict | None = N
                            check=True, timeout=30)
             send.reload()
             time.sleep(1)
-        for i in range(messages):
-            send.sendmail(MESSAGE, SENDER, [RCPT])
+        for i, sender in enumerate(senders or [SENDER] * messages):
+            send.sendmail(MESSAGE, sender, [RCPT])
             send.wait_log(r"postfix/smtp\[\d+\]: \w+: to=<", timeout=30, count=i + 1)
             assert send.wait_queue_empty(timeout=30, allow_deferred=True)
         time.sleep(0.3)
@@ -129,7 +130,7 @@ def run(base: str, agent, dovecot: DovecotAuth, passwd: str, cf: dict | None = N
             if m:
                 d = LINE.match(ln[ln.index("]: ", m.start()) + 3:])
                 assert d, ln
-                lines.append({k: _norm(v, port) for k, v in d.groupdict().items()})
+                lines.append({k: _norm(v or "", port) for k, v in d.groupdict().items()})
                 continue
             m = WARNING.search(ln)
             if m:
@@ -387,3 +388,38 @@ def test_sasl_over_starttls_like_stock(tmp_base, agent_wrapper, dovecot, pki, cf
     if cf["smtp_tls_security_level"] != "none":
         assert tls_lines(ours.log)[0].startswith("Verified " if "verify" in cf.values()
                                                  else "Trusted ")
+
+
+
+# --- connection reuse: authenticated sessions and their cache labels ----------------------
+
+CACHE_CF = {"smtp_connection_cache_destinations": "127.0.0.1",
+            "smtp_connection_cache_time_limit": "20s", "connection_cache_ttl_limit": "30s"}
+TWO_SENDERS = ["one@src.test.invalid", "two@src.test.invalid"]
+
+
+def _reuse_supported():
+    import importlib.util
+    return importlib.util.find_spec("postfix_smtp.smtp.reuse") is not None
+
+
+@pytest.mark.skipif(not _reuse_supported(), reason="no connection reuse in this tree")
+def test_authenticated_session_is_reused_like_stock(tmp_base, agent_wrapper, dovecot):
+    ours, stock = both(tmp_base, agent_wrapper, dovecot, GOOD, cf=CACHE_CF,
+                       senders=TWO_SENDERS)
+    assert_same(ours, stock)
+    assert [d["conn_use"] for d in ours.lines] == ["", "2"]      # one AUTH, one connection
+    assert ours.server == [("ok", "SCRAM-SHA-256", "alice")] * 2
+
+
+@pytest.mark.skipif(not _reuse_supported(), reason="no connection reuse in this tree")
+def test_sender_dependent_credentials_split_the_connection_cache(tmp_base, agent_wrapper,
+                                                                 dovecot):
+    passwd = ("one@src.test.invalid alice:secret1\n"
+              "two@src.test.invalid bob@example.com:pw:with:colons\n")
+    cf = dict(CACHE_CF, smtp_sender_dependent_authentication="yes")
+    ours, stock = both(tmp_base, agent_wrapper, dovecot, passwd, cf=cf, senders=TWO_SENDERS)
+    assert_same(ours, stock)
+    assert [d["conn_use"] for d in ours.lines] == ["", ""]       # no sharing across senders
+    assert ours.server == [("ok", "SCRAM-SHA-256", "alice"),
+                           ("ok", "SCRAM-SHA-256", "bob@example.com")]
