@@ -20,6 +20,11 @@ CONTENT_TABLE_PARAMS = ("smtp_generic_maps", "smtp_header_checks", "smtp_mime_he
                         "smtp_nested_header_checks", "smtp_body_checks")
 
 
+#: per-server keyword tables (looked up by IP address) -> Settings attribute
+SESSION_TABLE_PARAMS = {"smtp_discard_ehlo_keyword_address_maps": "discard_ehlo_maps",
+                        "smtp_pix_workaround_maps": "pix_maps"}
+
+
 class Agent:
     def __init__(self, settings: Settings, log: Logger, flags: str = "") -> None:
         self.s = settings
@@ -55,10 +60,15 @@ class Agent:
         need_tls = tls is not None and bool(tls.policy_maps.strip() or tls.per_site.strip())
         need_content = p is not None and any(
             p.sget(name).strip() for name in CONTENT_TABLE_PARAMS)
-        if not (need_tls or need_content):
+        session_maps = [name for name in SESSION_TABLE_PARAMS
+                        if p is not None and p.sget(name).strip()]
+        if not (need_tls or need_content or session_maps):
             return
-        from .maps import OpenContext
+        from .maps import OpenContext, open_maps
         self.tables = OpenContext(tls.params if tls is not None else p, self.log)
+        for name in session_maps:
+            maps = open_maps(p.sget(name), p, title=p.p(name), log=self.log, ctx=self.tables)
+            setattr(self.s, SESSION_TABLE_PARAMS[name], maps)
         if need_tls:
             tls.open_tables(tls.params, self.log, self.tables)
             tls._tables_open = True

@@ -648,7 +648,8 @@ class Delivery:
             conn.write(verb + hello + b"\r\n", stage)
             reply = conn.read_reply(stage)
             if reply.klass == 2:
-                discard = s.discard_ehlo_keywords
+                discard = self._per_server_words(conn, ep, s.discard_ehlo_maps,
+                                                 s.discard_ehlo_keywords, upper=True)
                 if discard - {"SILENT-DISCARD"} and "SILENT-DISCARD" not in discard:
                     self.log.info("discarding EHLO keywords: %s" % " ".join(
                         k for k in EHLO_MASK_NAMES if k in discard))
@@ -685,8 +686,11 @@ class Delivery:
         """PIX "smtp fixup" detection: a greeting of only '2', '0', ' ', '*', TAB."""
         if greeting.text.strip("20 *\t\n"):
             return set()
-        words = self.s.pix_workarounds
-        names = {w.lower() for w in words} & {"disable_esmtp", "delay_dotcrlf"}
+        try:
+            words = self._per_server_words(None, ep, self.s.pix_maps, self.s.pix_workarounds)
+        except _SessionDone:                      # best effort only, as stock
+            words = set(w.lower() for w in self.s.pix_workarounds)
+        names = set(words) & {"disable_esmtp", "delay_dotcrlf"}
         if not words:
             return set()
         if ("delay_dotcrlf" in names and self.req.stats.incoming_arrival
@@ -1018,6 +1022,26 @@ class Delivery:
         if self.generic is None or not addr:
             return addr
         return self.generic.map_envelope(addr)
+
+    def _per_server_words(self, conn, ep: Endpoint, maps, default, upper: bool = False) -> set:
+        """A keyword list looked up by the server's IP address in ``maps``
+        (smtp_discard_ehlo_keyword_address_maps, smtp_pix_workaround_maps),
+        else ``default``.  A lookup error is a local data error (4.3.0)."""
+        words = default
+        if maps is not None:
+            from .maps import MapError
+            try:
+                found = maps.lookup(ep.addr)
+            except MapError:
+                if conn is None:
+                    raise _SessionDone from None
+                self._local_data_error(conn, ep, "%s: %s map lookup error for %s"
+                                       % (self.req.queue_id, maps.title, ep.addr))
+                self._quit(conn)
+                raise _SessionDone from None
+            if found is not None:
+                words = [w for w in found.replace(",", " ").split() if w]
+        return {w.upper() if upper else w.lower() for w in words}
 
     def _local_data_error(self, conn: Connection, ep: Endpoint, warning: str | None) -> None:
         """A table lookup failed while building the transaction or the content:

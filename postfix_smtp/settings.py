@@ -86,6 +86,8 @@ class Settings:
     service_names: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     params: object = None            # the Params (content tables are opened from it)
+    discard_ehlo_maps: object = None # smtp_discard_ehlo_keyword_address_maps (opened by Agent)
+    pix_maps: object = None          # smtp_pix_workaround_maps (opened by Agent)
     # connection reuse through scache(8)
     cache_on_demand: bool = True
     cache_destinations: frozenset = frozenset()
