@@ -82,6 +82,11 @@ class Agent:
     def changed_table(self) -> str | None:
         """"type:name" of a file table rebuilt since it was opened (stock: the
         process exits so that master(8) starts a fresh one), else None."""
+        sasl = self.s.sasl
+        if sasl is not None and sasl.enabled:
+            name = sasl.changed_table()        # smtp_sasl_password_maps and filter tables
+            if name:
+                return name
         if self.tables is None:
             return None
         for table in self.tables.cache.values():

@@ -29,6 +29,7 @@ from .smtp.protocol import (EHLO_MASK_NAMES, IN_REPLY_TO, STAGE_INFO, Features, 
 from .smtp.reply import Reply, ReplyParser
 from .smtp.rewrite import GenericMapError
 from .smtp.session import Connection, ConnectError, Endpoint, SessionError, connect
+from .sasl.client import TLS_NONE, TLS_UNVERIFIED, TLS_VERIFIED, ConnectionIO
 
 CONTENT_CHUNK = 65536
 
@@ -76,6 +77,10 @@ class Delivery:
         self._retry_plain = False      # stock: session->tls_retry_plain
         self._plain_next = False       # the retry of the same address runs without TLS
         self._tls_resolver = None
+        self._site = ""            # the current nexthop element as written (stock iter->dest)
+        self._helo_auth = None     # SASL: AUTH in the last EHLO reply (sasl.policy.HeloAuth)
+        if settings.sasl is not None:
+            settings.sasl.attach_log(log)
         # connection reuse (smtp_reuse.c): decided once, for the first destination
         self._cache_decided = False
         self._cache_load = self._cache_store = False
@@ -185,6 +190,7 @@ class Delivery:
         """One destination: look up its addresses and try them in order.
         Returns True when no further destination may be tried."""
         self._last_was_fallback = is_fallback
+        self._site = site
         dest = destinations.parse_destination(site, self.s.tcp_port, self.s.known_tcp_ports)
         tls = self.s.tls
         if tls is not None and not tls.wrappermode and dest.port == 465:
@@ -242,7 +248,8 @@ class Delivery:
             self._cache_store = bool(self.req.flags & FLAG_CONN_STORE)
         if self._cache_load or self._cache_store:
             from .smtp import reuse
-            self._dest_label = reuse.dest_label(s.service_name, self.req.nexthop)
+            self._dest_label = reuse.dest_label(s.service_name, self.req.nexthop,
+                                                self._label_sender())
             self._dest_text = dest.text
 
     def _scache(self):
@@ -254,7 +261,15 @@ class Delivery:
     def _endp_label(self, ep: Endpoint, policy) -> str:
         from .smtp import reuse
         level = policy.level if policy else 0
-        return reuse.endp_label(self.s.service_name, ep.addr, ep.port, level, self._dest_text)
+        sasl = self.s.sasl
+        return reuse.endp_label(self.s.service_name, ep.addr, ep.port, level, self._dest_text,
+                                sender=self._label_sender(),
+                                sasl=sasl is not None and sasl.label_passwd, hostname=ep.host)
+
+    def _label_sender(self):
+        """The sender in scache labels (stock COND_SASL_SMTP_KEY_FLAG_SENDER)."""
+        sasl = self.s.sasl
+        return self.req.sender if sasl is not None and sasl.label_sender else None
 
     def _activate(self, sock, ep: Endpoint, endp_prop: str, dest_prop=None):
         """A cached socket as a Connection after a good RSET probe, else None."""
@@ -470,7 +485,7 @@ class Delivery:
         final = self._final
         if (getattr(conn, "tls", None) is not None
                 and any(id(r) not in self._handled for r in self.todo)
-                and self._plaintext_fallback_ok(conn.tls_policy)):
+                and self._plaintext_fallback_ok(conn.tls_policy, ep)):
             self._retry_plain = True       # PLAINTEXT_FALLBACK_OK_AFTER_TLS_SESSION_FAILURE
             final = False
         if exc.kind == "timeout":
@@ -499,7 +514,54 @@ class Delivery:
         features = self._hello(conn, ep, greeting)
         if policy is not None and not wrapper:
             features = self._starttls(conn, ep, features, policy)
+        tsock = getattr(conn, "tls", None)
+        self._sasl_login(conn, ep, features, TLS_NONE if tsock is None
+                         else TLS_VERIFIED if tsock.matched else TLS_UNVERIFIED)
         return features
+
+    # --- SASL (smtp_sasl_proto.c smtp_sasl_helo_login()) ------------------------------
+    def _sasl_login(self, conn: Connection, ep: Endpoint, features: Features,
+                    tls: str = TLS_NONE) -> None:
+        """AUTH after the final EHLO (inside TLS when there was STARTTLS);
+        ``tls`` picks smtp_sasl_security_options, _tls_ or _tls_verified_.
+        No credentials for this server: go on without AUTH ("as strangers").
+        A failure is a site failure (soft by default: the next server, or a
+        deferral; the session is not counted), then QUIT.  I/O errors surface
+        as SessionError of the EHLO (LHLO) stage, as in stock."""
+        sasl, helo = self.s.sasl, self._helo_auth
+        if sasl is None or not sasl.enabled or helo is None or not helo.offered:
+            return
+        stage = Stage.LHLO if self.s.personality == "lmtp" else Stage.EHLO   # where-text
+        result = sasl.login(ConnectionIO(conn, stage), helo, queue_id=self.req.queue_id,
+                            host=ep.host, dest=self._site, namaddr=ep.namaddr,
+                            namaddrport=ep.namaddrport, sender=self.req.sender, tls=tls)
+        if result.state == "ok":
+            return
+        if result.state == "skipped":
+            helo.offered = False                  # stock: features &= ~SMTP_FEATURE_AUTH
+            features.auth = []
+            return
+        if result.state == "table_error":
+            self.log.warning(result.warning)
+            dsn = Dsn(status="4.3.0", reason="local data error while talking to %s" % ep.namaddr)
+        else:
+            o = result.outcome
+            dsn = Dsn(status=o.status, reason=o.reason, diag_type=o.diag_type,
+                      diag_text=o.diag_text, mta_type="dns" if o.mta else "", mta_mname=o.mta)
+        self._bulk_fail(dsn, self._relay(ep), self._final, throttle=True)
+        self._quit(conn)
+        raise _SessionDone
+
+    def _have_sasl_credentials(self, ep: Endpoint) -> bool:
+        """Stock HAVE_SASL_CREDENTIALS: SASL on and a password-table entry for
+        this server (a table error counts as yes: no plaintext retry)."""
+        sasl = self.s.sasl
+        if sasl is None or not sasl.enabled:
+            return False
+        try:
+            return sasl.lookup(host=ep.host, dest=self._site, sender=self.req.sender) is not None
+        except Exception:
+            return True
 
     # --- TLS (smtp_proto.c smtp_helo()/smtp_start_tls(), smtp_connect.c) -------------
     def _tls_policy(self, dest, ep: Endpoint):
@@ -529,14 +591,16 @@ class Delivery:
             policy.level = LEV_NONE
         return policy
 
-    def _plaintext_fallback_ok(self, policy) -> bool:
-        """Stock's PLAINTEXT_FALLBACK_OK_* conditions (no SASL in this agent)."""
+    def _plaintext_fallback_ok(self, policy, ep: Endpoint) -> bool:
+        """Stock's PLAINTEXT_FALLBACK_OK_* conditions: never when we would
+        authenticate to this server (SASL credentials)."""
         from .tls.config import LEV_MAY
         if policy is None or policy.level != LEV_MAY:
             return False
         st = self.req.stats
         preactive = int(st.active_arrival) - int(st.incoming_arrival)
-        return bool(self.req.trace_only or preactive >= self.s.tls.min_backoff_time)
+        return bool((self.req.trace_only or preactive >= self.s.tls.min_backoff_time)
+                    and not self._have_sasl_credentials(ep))
 
     def _tls_fail(self, ep: Endpoint, status: str, reason: str, quit: bool,
                   conn: Connection) -> None:
@@ -594,7 +658,7 @@ class Delivery:
         except (tlsclient.TlsError, tlsclient.TlsEngineError):
             conn.dead = True             # the peer is in an undefined state: no QUIT
             final = self._final
-            if self._plaintext_fallback_ok(policy):
+            if self._plaintext_fallback_ok(policy, ep):
                 self._retry_plain = True          # RETRY_AS_PLAINTEXT
                 final = False
             self._bulk_fail(Dsn(status="4.7.5", reason="Cannot start TLS: handshake failure"),
@@ -642,6 +706,7 @@ class Delivery:
                 esmtp = False
         hello = s.helo_name.encode("utf-8", "surrogateescape")
         features = None
+        self._helo_auth = None       # a new EHLO (after STARTTLS too) starts a new AUTH list
         if esmtp:
             stage = Stage.LHLO if s.personality == "lmtp" else Stage.EHLO
             verb = b"LHLO " if s.personality == "lmtp" else b"EHLO "
@@ -654,6 +719,12 @@ class Delivery:
                     self.log.info("discarding EHLO keywords: %s" % " ".join(
                         k for k in EHLO_MASK_NAMES if k in discard))
                 features = parse_ehlo(reply, discard)
+                # stock SMTP_FEATURE_AUTH: AUTH offered and SASL on (cached with the session)
+                if s.sasl is not None and s.sasl.enabled:
+                    self._helo_auth = s.sasl.helo_auth(reply.lines, ep.namaddrport, discard)
+                    features.auth = ["AUTH"] if self._helo_auth.offered else []
+                else:
+                    features.auth = []
                 if greeting is None:
                     features.starttls = False     # ignored in the EHLO after STARTTLS
             elif reply.code == 421 or s.personality == "lmtp":
@@ -727,6 +798,9 @@ class Delivery:
                 cmd += " RET=HDRS"
         if f.smtputf8 and req.smtputf8 & SMTPUTF8_REQUESTED:
             cmd += " SMTPUTF8"
+        sasl = s.sasl
+        if sasl is not None and sasl.enabled and sasl.dummy_mail_auth and f.auth:
+            cmd += " AUTH=<>"            # smtp_send_dummy_mail_auth
         return cmd.encode("utf-8", "surrogateescape") + b"\r\n"
 
     def _rcpt_command(self, f: Features, rcpt: Recipient) -> bytes:

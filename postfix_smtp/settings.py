@@ -85,6 +85,7 @@ class Settings:
     header_size_limit: int = 102400
     service_names: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    sasl: object = None          # postfix_smtp.sasl.client.SaslClient (None: SASL off)
     params: object = None            # the Params (content tables are opened from it)
     discard_ehlo_maps: object = None # smtp_discard_ehlo_keyword_address_maps (opened by Agent)
     pix_maps: object = None          # smtp_pix_workaround_maps (opened by Agent)
@@ -121,13 +122,10 @@ class Settings:
         warnings.extend(lookup.warnings)
         from .tls.config import TlsConfig      # OpenSSL itself is imported only on use
         tls = TlsConfig.from_params(p, personality)   # ConfigError: invalid level (fatal)
-        for name in ("smtp_sasl_password_maps",):
-            if p.sget(name).strip():
-                warnings.append("%s is set but not yet supported by postfix_smtp; ignored"
-                                % p.p(name))
-        if p.sbool("smtp_sasl_auth_enable"):
-            warnings.append("%s = yes: SASL authentication is not yet supported by "
-                            "postfix_smtp" % p.p("smtp_sasl_auth_enable"))
+        # SASL: opens the password table now, before privileges are dropped; the
+        # ConfigErrors are stock's fatal start-up errors
+        from .sasl.client import SaslClient
+        sasl = SaslClient.from_params(p, personality)
         reuse_count_limit = p.sint("smtp_connection_reuse_count_limit")
         obsolete_reuse = p.raw("smtp_connection_cache_reuse_limit")
         if (obsolete_reuse is not None and obsolete_reuse.strip().isdigit()
@@ -188,6 +186,7 @@ class Settings:
                 "verify": p.get("address_verify_service_name"),
             },
             warnings=warnings,
+            sasl=sasl,
             cache_on_demand=p.sbool("smtp_connection_cache_on_demand"),
             cache_destinations=frozenset(x.lower() for x in
                                          p.slist("smtp_connection_cache_destinations")),

@@ -75,15 +75,24 @@ def _field(value) -> str:
     return text + "\n"
 
 
-def dest_label(service: str, nexthop: str) -> str:
-    return _field(service) + _field(nexthop)
+def dest_label(service: str, nexthop: str, sender: str | None = None) -> str:
+    """SERVICE [SENDER] REQ_NEXTHOP; the sender with sender-dependent SASL."""
+    return _field(service) + ("" if sender is None else _field(sender)) + _field(nexthop)
 
 
 def endp_label(service: str, addr: str, port: int, tls_level: int = 0,
-               nexthop: str = "") -> str:
+               nexthop: str = "", sender: str | None = None, sasl: bool = False,
+               hostname: str = "") -> str:
+    """SERVICE [SENDER] [CUR_NEXTHOP] [HOSTNAME] ADDR PORT TLS_LEVEL (smtp_key.c
+    order): the nexthop with a SASL password table or a TLS level that must
+    match the certificate, the host name with a SASL password table."""
     out = _field(service)
-    if tls_level > TLS_LEVEL_ENCRYPT:
+    if sender is not None:
+        out += _field(sender)
+    if sasl or tls_level > TLS_LEVEL_ENCRYPT:
         out += _field(nexthop)
+    if sasl:
+        out += _field(hostname)
     return out + _field(addr) + _field(int(port)) + _field(int(tls_level))
 
 
@@ -108,6 +117,7 @@ def bits_to_features(bits: int, server_name: str = "") -> Features:
     for name, bit in _BOOL_BITS:
         setattr(f, name, bool(bits & bit))
     f.xforward = {kw for kw, bit in _XFORWARD_BITS if bits & bit}
+    f.auth = ["AUTH"] if bits & F_AUTH else []    # SMTP_FEATURE_AUTH (dummy AUTH=<>)
     f.server_name = server_name
     f.starttls = False          # a cached plaintext session never starts TLS again
     return f

@@ -19,12 +19,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from postfix_smtp.settings import Settings
 from postfix_smtp.testing.instance import PostfixInstance
 from postfix_smtp.testing.peer import PeerScript, SmtpPeer
 
-pytestmark = pytest.mark.skipif("sasl" not in getattr(Settings, "__dataclass_fields__", {}),
-                                reason="SASL is not wired into the delivery yet (Settings.sasl)")
 
 SENDER = "sender@src.test.invalid"
 RCPT = "rcpt@dest.test.invalid"
