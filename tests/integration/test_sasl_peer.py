@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 import re
 import threading
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from postfix_smtp.testing.instance import PostfixInstance
+from postfix_smtp.testing.instance import PostfixInstance, tool
 from postfix_smtp.testing.peer import PeerScript, SmtpPeer
 
 
@@ -94,7 +95,7 @@ class Result:
 
 
 def run(base: str, agent, peers: list, passwd: str, cf: dict | None = None,
-        fallback: bool = False, files: dict | None = None) -> Result:
+        fallback: bool = False, files: dict | None = None, map_type: str = "texthash") -> Result:
     """``peers``: (auth keyword value, AuthDialog) per server; the first is the
     relayhost, a second one the smtp_fallback_relay."""
     os.makedirs(base, mode=0o755, exist_ok=True)
@@ -114,7 +115,7 @@ def run(base: str, agent, peers: list, passwd: str, cf: dict | None = None,
             with open(path, "w") as f:
                 f.write(content)
             os.chmod(path, 0o644)
-        main = {"smtp_sasl_auth_enable": "yes", "smtp_sasl_password_maps": "texthash:" + pw,
+        main = {"smtp_sasl_auth_enable": "yes", "smtp_sasl_password_maps": map_type + ":" + pw,
                 "minimal_backoff_time": "300s", "maximal_backoff_time": "300s"}
         if fallback:
             main["smtp_fallback_relay"] = "[127.0.0.1]:%d" % ports[1]
@@ -122,6 +123,12 @@ def run(base: str, agent, peers: list, passwd: str, cf: dict | None = None,
         inst = PostfixInstance(os.path.join(base, "inst"), relayhost="[127.0.0.1]:%d" % ports[0],
                                agent=agent, main_cf=main, max_lifetime=300, quick_start=True)
         inst.start()
+        if map_type != "texthash":           # built with postmap, readable by root only
+            subprocess.run([tool("postmap"), "-c", inst.config_dir, "%s:%s" % (map_type, pw)],
+                           check=True, timeout=30)
+            for suffix in (".db", ".lmdb", ".cdb"):
+                if os.path.exists(pw + suffix):
+                    os.chmod(pw + suffix, 0o600)
         inst.sendmail(MESSAGE, SENDER, [RCPT])
         inst.wait_log(r"postfix/smtp\[\d+\]: \w+: to=<", timeout=30)
         assert inst.wait_queue_empty(timeout=30, allow_deferred=True)
@@ -190,6 +197,15 @@ def test_wire_bytes_same_as_stock(tmp_base, agent_wrapper, mech, dialog):
     assert first.startswith("AUTH " + mech)
     if mech == "PLAIN":
         assert first == "AUTH PLAIN " + b64(b"\0alice\0s3cret")
+
+
+@pytest.mark.parametrize("map_type", ["hash", "lmdb"])
+def test_root_only_password_table_types_same_as_stock(tmp_base, agent_wrapper, map_type):
+    ours, stock = both(tmp_base, agent_wrapper, lambda: [("PLAIN", AuthDialog(OK))], PASSWD,
+                       cf={"smtp_sasl_security_options": ""}, map_type=map_type)
+    assert_same(ours, stock)
+    assert ours.lines[0][2] == "sent"
+    assert ours.auth[0][0] == ["AUTH PLAIN " + b64(b"\0alice\0s3cret")]
 
 
 def test_authzid_same_as_stock(tmp_base, agent_wrapper):
