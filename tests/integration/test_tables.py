@@ -1,5 +1,6 @@
-"""Lookup tables in a real delivery: opened before privileges drop (a root-only
-hash table works), and a rebuilt table makes the process restart as stock does."""
+"""Per-process state in a real delivery: lookup tables and client keys opened
+before privileges drop (root-only files work), a rebuilt table restarting the
+process as stock does, and TLS sessions resumed across processes via tlsmgr."""
 
 from __future__ import annotations
 
@@ -70,6 +71,35 @@ def test_root_only_client_key_is_loaded_before_privileges_drop(tmp_base, agent_w
         log = inst.log_lines()
         assert not any("disabling TLS support" in ln for ln in log), log[-20:]
         assert any("TLS connection established to 127.0.0.1[127.0.0.1]" in ln for ln in log)
+    finally:
+        inst.stop()
+        peer.stop()
+
+
+def test_tls_session_resumed_across_processes(tmp_base, agent_wrapper):
+    """smtp_tls_session_cache_database through tlsmgr(8): a second delivery in a
+    new process (max_use=1) resumes the first one's TLS session, as stock logs it."""
+    from postfix_smtp.testing.tlscerts import make_pki
+    pki = make_pki(os.path.join(tmp_base, "pki"))
+    peer = SmtpPeer(PeerScript(tls_cert=pki.cert("good"), tls_key=pki.key("good")),
+                    max_lifetime=90)
+    peer.start()
+    inst = PostfixInstance(
+        os.path.join(tmp_base, "pf"), relayhost=peer.address, agent=agent_wrapper,
+        smtp_args=["-o", "max_use=1"],
+        main_cf={"smtp_tls_security_level": "may", "smtp_tls_loglevel": "2",
+                 "smtp_tls_session_cache_database": "btree:$data_directory/smtp_scache"},
+        max_lifetime=120)
+    try:
+        inst.start()
+        for i, rcpt in enumerate(("b@dest.test.invalid", "c@dest.test.invalid")):
+            inst.sendmail(MSG, "a@src.test.invalid", [rcpt])
+            inst.expect_log(r"postfix/smtp\[\d+\]: \w+: to=<%s>.*status=sent" % rcpt, timeout=30)
+        log = inst.log_lines()
+        pids = {ln.split("smtp[")[1].split("]")[0] for ln in log if "status=sent" in ln}
+        assert len(pids) == 2, "expected two agent processes"
+        assert any("reloaded session" in ln for ln in log), [l for l in log if "smtp[" in l][-15:]
+        assert any("Reusing old session" in ln for ln in log)
     finally:
         inst.stop()
         peer.stop()
