@@ -22,16 +22,28 @@ from .log import Logger
 from .queue.file import CorruptContent, QueueFile
 from .settings import Settings
 from .smtp.address import quote_821, quote_822, xtext
-from .smtp.checks import ChecksLookupError, OutputFilter
 from .smtp.content import TextEncoder
 from .smtp.protocol import (EHLO_MASK_NAMES, IN_REPLY_TO, STAGE_INFO, Features, Stage, Transaction,
                             greeting_says_esmtp, parse_ehlo)
 from .smtp.reply import Reply, ReplyParser
-from .smtp.rewrite import GenericMapError
 from .smtp.session import Connection, ConnectError, Endpoint, SessionError, connect
-from .sasl.client import TLS_NONE, TLS_UNVERIFIED, TLS_VERIFIED, ConnectionIO
 
 CONTENT_CHUNK = 65536
+
+# SASL security-option sets by TLS state (postfix_smtp.sasl.client's names)
+TLS_NONE, TLS_UNVERIFIED, TLS_VERIFIED = "none", "unverified", "verified"
+
+
+def _generic_map_error():
+    """The exception class of smtp_generic_maps failures (imported on demand:
+    ``except`` evaluates this only when something was raised)."""
+    from .smtp.rewrite import GenericMapError
+    return GenericMapError
+
+
+def _content_errors():
+    from .smtp.checks import ChecksLookupError
+    return (ChecksLookupError, _generic_map_error())
 
 
 @dataclass
@@ -531,6 +543,7 @@ class Delivery:
         sasl, helo = self.s.sasl, self._helo_auth
         if sasl is None or not sasl.enabled or helo is None or not helo.offered:
             return
+        from .sasl.client import ConnectionIO
         stage = Stage.LHLO if self.s.personality == "lmtp" else Stage.EHLO   # where-text
         result = sasl.login(ConnectionIO(conn, stage), helo, queue_id=self.req.queue_id,
                             host=ep.host, dest=self._site, namaddr=ep.namaddr,
@@ -842,7 +855,7 @@ class Delivery:
         try:
             mail_cmd = self._mail_command(f)
             rcpt_cmds = [self._rcpt_command(f, r) for r in rcpts]
-        except GenericMapError as exc:       # stock: fatal
+        except _generic_map_error() as exc:       # stock: fatal
             self._local_data_error(conn, ep, str(exc))
             self._quit(conn)
             return
@@ -1001,6 +1014,7 @@ class Delivery:
         if downgrade or any_checks or self.generic is not None:
             # smtp_proto.c: downgrade -> full MIME + nesting errors; checks -> full MIME;
             # generic maps only -> primary headers only (MIME_OPT_DISABLE_MIME)
+            from .smtp.checks import OutputFilter
             from .smtp.mime import MimeDowngrade
             kw = {}
             if self.generic is not None or (any_checks and self.checks.has_header_checks):
@@ -1055,9 +1069,9 @@ class Delivery:
                     self.log.warning("mark queue file %s corrupt: %s" % (self.qf.path, e))
             conn.close()            # no '.', no QUIT: the server must discard the message
             return False
-        except (ChecksLookupError, GenericMapError) as exc:
+        except _content_errors() as exc:
             # smtp_proto.c: SMTP_ERR_DATA (a generic map error is fatal in stock)
-            if isinstance(exc, GenericMapError):
+            if isinstance(exc, _generic_map_error()):
                 self.log.warning(str(exc))
             self._local_data_error(conn, ep, None)
             conn.close()            # no '.': the server discards the partial message

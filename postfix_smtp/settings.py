@@ -124,8 +124,10 @@ class Settings:
         tls = TlsConfig.from_params(p, personality)   # ConfigError: invalid level (fatal)
         # SASL: opens the password table now, before privileges are dropped; the
         # ConfigErrors are stock's fatal start-up errors
-        from .sasl.client import SaslClient
-        sasl = SaslClient.from_params(p, personality)
+        sasl = None
+        if p.sbool("smtp_sasl_auth_enable") or p.sget("smtp_sasl_password_maps").strip():
+            from .sasl.client import SaslClient    # only when SASL is configured
+            sasl = SaslClient.from_params(p, personality)
         reuse_count_limit = p.sint("smtp_connection_reuse_count_limit")
         obsolete_reuse = p.raw("smtp_connection_cache_reuse_limit")
         if (obsolete_reuse is not None and obsolete_reuse.strip().isdigit()
