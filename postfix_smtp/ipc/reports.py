@@ -124,11 +124,16 @@ class Reporter:
             return result
         return None
 
+    def _sane(self, dsn: Dsn, klass: str, who: str) -> Dsn:
+        """A status of the wrong class is replaced by X.0.0, with stock's warning."""
+        if not _DSN_CODE.match(dsn.status) or dsn.status[0] != klass:
+            self.log.warning('%s: ignoring dsn code "%s"' % (who, dsn.status))
+            dsn = replace(dsn, status=klass + ".0.0")
+        return dsn
+
     # --- the three outcomes ----------------------------------------------------
     def sent(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
-        if not _DSN_CODE.match(dsn.status) or dsn.status[0] != "2":
-            self.log.warning('sent: ignoring dsn code "%s"' % dsn.status)
-            dsn = replace(dsn, status="2.0.0")
+        dsn = self._sane(dsn, "2", "sent")
         probed = self._probe(rcpt, relay, dsn, VRFY_DELIVERABLE, "deliverable")
         if probed is not None:
             return probed
@@ -148,9 +153,7 @@ class Reporter:
                                            reason="%s: trace service failed" % self.req.queue_id))
 
     def bounce(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
-        if not _DSN_CODE.match(dsn.status) or dsn.status[0] != "5":
-            self.log.warning('bounce_append: ignoring dsn code "%s"' % dsn.status)
-            dsn = replace(dsn, status="5.0.0")
+        dsn = self._sane(dsn, "5", "bounce_append")
         probed = self._probe(rcpt, relay, dsn, VRFY_UNDELIVERABLE, "undeliverable")
         if probed is not None:
             return probed
@@ -172,9 +175,7 @@ class Reporter:
                                            reason="bounce or trace service failure"))
 
     def defer(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
-        if not _DSN_CODE.match(dsn.status) or dsn.status[0] != "4":
-            self.log.warning('defer_append: ignoring dsn code "%s"' % dsn.status)
-            dsn = replace(dsn, status="4.0.0")
+        dsn = self._sane(dsn, "4", "defer_append")
         probed = self._probe(rcpt, relay, dsn, VRFY_UNDELIVERABLE_SOFT, "undeliverable")
         if probed is not None:
             return probed

@@ -35,12 +35,8 @@ from .policy import SaslConfigError
 REQUEST_FLAGS = (1 << 7) | (1 << 8) | (1 << 19)
 OPEN_FLAGS = 0
 
-PROXY_STAT_OK = 0
-PROXY_STAT_NOKEY = 1
-PROXY_STAT_RETRY = 2
-PROXY_STAT_BAD = 3
-PROXY_STAT_DENY = 4
-PROXY_STAT_CONFIG = 5
+from ..maps.proxy import (PROXY_STAT_BAD, PROXY_STAT_CONFIG, PROXY_STAT_DENY,  # noqa: F401
+                          PROXY_STAT_NOKEY, PROXY_STAT_OK, PROXY_STAT_RETRY)
 
 _DSN_RE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 
