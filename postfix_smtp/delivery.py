@@ -12,7 +12,7 @@ deferral of the recipients still unfinished, never in a lost recipient.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from .valueclass import dataclass
 
 from . import destinations
 from .ipc.delivery import (FLAG_CONN_LOAD, FLAG_CONN_STORE, FLAG_SUCCESS, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER,

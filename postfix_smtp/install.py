@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
+from .valueclass import dataclass, field
 
 PERSONALITIES = ("smtp", "lmtp")
 

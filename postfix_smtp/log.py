@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from .valueclass import dataclass
 
 from .smtp.address import quote_822
 from .smtp.reply import printable

@@ -8,7 +8,7 @@ personality.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .valueclass import dataclass, field
 
 from .config.params import Params
 from .destinations import LookupConfig

@@ -25,7 +25,7 @@ import os
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from ..valueclass import dataclass
 from typing import Optional, Tuple
 
 from .resolvconf import ResolvConf, per_try_timeout

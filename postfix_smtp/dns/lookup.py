@@ -25,7 +25,7 @@ owner name, as Postfix does; a CNAME-only answer is chased with a new query.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..valueclass import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import client

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from ..valueclass import dataclass, field
 from typing import List, Optional, Tuple
 
 PATH = "/etc/resolv.conf"

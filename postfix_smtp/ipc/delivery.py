@@ -10,7 +10,7 @@ Pure code: parsing and rendering only.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from ..valueclass import dataclass, field
 
 from .attr import AttrError, expect, parse_data, parse_int
 

@@ -11,7 +11,7 @@ recipient stays in the queue file and the request is answered "defer").
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from ..valueclass import dataclass, replace
 
 from ..log import Logger, recipient_line
 from .delivery import (FLAG_MTA_VRFY, FLAG_RECORD, FLAG_REC_DLY_SENT, FLAG_USR_VRFY,

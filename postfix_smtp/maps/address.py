@@ -28,7 +28,7 @@ found in the localpart, except for ``postmaster``, ``MAILER-DAEMON``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..valueclass import dataclass
 from typing import Callable, Optional, Tuple
 
 MA_FIND_FULL = 1 << 0

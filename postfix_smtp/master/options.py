@@ -7,7 +7,7 @@ stops at the first non-option word, like glibc getopt with a leading ``+``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ..valueclass import dataclass, field
 
 _WITH_ARG = set("ionmrst")
 _FLAGS = set("cdDlSuvVz")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-from dataclasses import dataclass
+from ..valueclass import dataclass
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: keep typing off the start-up path
     from typing import Iterator

@@ -22,7 +22,7 @@ only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..valueclass import dataclass
 
 from .cache import AuthCache, open_auth_cache
 from .codec import SASL_NOMECH, MechanismError

@@ -30,7 +30,7 @@ same key order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..valueclass import dataclass
 
 from ..smtp.address import quote_822
 from .mechanisms import Credentials

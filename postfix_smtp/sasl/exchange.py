@@ -31,7 +31,7 @@ challenge instead, so credentials never reach a log or a bounce.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..valueclass import dataclass
 
 from ..smtp.reply import Reply
 from .codec import MechanismError, decode64, encode64

@@ -27,7 +27,7 @@ import hmac
 import json
 import os
 import socket
-from dataclasses import dataclass, field
+from ..valueclass import dataclass, field
 
 from .codec import (SASL_BADAUTH, SASL_BADPARAM, SASL_BADPROT, SASL_FAIL, MechanismError,
                     decode64, encode64)

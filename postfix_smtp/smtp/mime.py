@@ -68,7 +68,7 @@ Header and body hooks (for generic maps and header/body checks later):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..valueclass import dataclass
 from typing import Callable, Iterable, List, Optional, Tuple
 
 __all__ = [

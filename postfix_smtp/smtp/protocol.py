@@ -12,7 +12,7 @@ the outcome classification in :mod:`postfix_smtp.smtp.trouble`.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from ..valueclass import dataclass, field
 
 from .reply import Reply
 

@@ -9,7 +9,7 @@ flagged.  Reply lines are bounded (``line_length_limit``), the kept text too.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from ..valueclass import dataclass, field
 
 _DSN_RE = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=$|[ \t])")
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")

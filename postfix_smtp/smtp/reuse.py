@@ -19,7 +19,7 @@ sit above stock's highest bit.  The SIZE limit is not restored (stock neither).
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from ..valueclass import dataclass
 
 from .protocol import Features
 

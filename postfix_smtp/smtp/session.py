@@ -10,7 +10,7 @@ while ..." texts.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from ..valueclass import dataclass
 
 from .protocol import STAGE_INFO, Stage
 from .reply import Reply, ReplyParser

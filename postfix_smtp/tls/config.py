@@ -8,7 +8,7 @@ in stock (``invalid tls security level: "X"``).  Pure: no OpenSSL here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ..valueclass import dataclass, field
 
 from ..config.params import ConfigError
 

@@ -22,7 +22,7 @@ query with the DO bit, ``smtp_dns_support_level = dnssec``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from ..valueclass import dataclass, field
 from typing import List, Optional, Tuple
 
 USAGE_TA = 2            # DANE-TA

@@ -17,7 +17,7 @@ Results are cached per (destination, host, port), like stock's policy cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from ..valueclass import dataclass, field, replace
 
 from .config import (LEV_DANE, LEV_DANE_ONLY, LEV_ENCRYPT, LEV_FPRINT, LEV_HALF_DANE,
                      LEV_INVALID, LEV_MAY, LEV_NONE, LEV_NOTFOUND, LEV_SECURE, LEV_VERIFY,
