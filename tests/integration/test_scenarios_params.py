@@ -1,0 +1,275 @@
+"""Differential scenarios for the SMTP/content parameters of the seed page that
+no other test exercised: PIX delay and threshold, QUIT response handling,
+the per-command timeouts (MAIL, DATA, RSET, QUIT, connect), the retired
+smtp_skip_4xx_greeting.  Same pattern as test_scenarios.py: each case runs
+through postfix_smtp and through the stock smtp(8) on private Postfix
+instances; wire bytes, log fields and queue outcome must agree, then a
+case-specific check states what a user would look at.
+
+Timing is observed at the peer: ``before_reply`` hooks stamp the time a
+command arrived, and the state of the server side of the TCP connection
+(/proc/net/tcp: ESTABLISHED or CLOSE_WAIT) tells whether the client had
+already closed its end while the peer was still holding back a reply.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from postfix_smtp.testing.peer import PeerScript
+from test_delivery import normalise_line, normalise_wire, run_scenario
+from test_scenarios import Case, _line
+
+TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+              "09": "LAST_ACK", "0A": "LISTEN"}
+
+
+def _hexaddr(addr) -> str:
+    host, port = addr[0], addr[1]
+    packed = socket.inet_aton(host)
+    return "%08X:%04X" % (int.from_bytes(packed, "little"), port)
+
+
+def server_side_state(session) -> str:
+    """TCP state of the peer's socket for this session (CLOSE_WAIT once the
+    client has closed its end)."""
+    want = _hexaddr(session.peer_addr)
+    with open("/proc/net/tcp") as f:
+        for ln in f.readlines()[1:]:
+            parts = ln.split()
+            if parts[2] == want:          # rem_address: the client's ephemeral address
+                return TCP_STATES.get(parts[3], parts[3])
+    return "GONE"
+
+
+def stamp(stage_names=("data", "dot", "quit", "rset", "mail")):
+    """before_reply hook: remember when each command arrived (per session)."""
+    def before(session, stage, line, reply):
+        if stage in stage_names:
+            session.__dict__.setdefault("stamps", {})[stage] = time.monotonic()
+        return None
+    return before
+
+
+def probe_while_holding(stage: str, probes: tuple, reply=None):
+    """before_reply hook: on ``stage``, hold the reply back, and at each of the
+    ``probes`` seconds record the server-side TCP state in session.probes."""
+    def before(session, st, line, default):
+        if st != stage:
+            return None
+        t0 = time.monotonic()
+        seen = []
+        for at in probes:
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            seen.append(server_side_state(session))
+        session.probes = seen
+        return reply
+    return before
+
+
+@dataclass
+class PCase(Case):
+    sessions_check: object = None      # (ours_sessions, stock_sessions)
+
+
+def _dot_separate_and_delayed(min_gap: float):
+    def check(ours, stock):
+        for sessions in (ours, stock):
+            s = sessions[0]
+            client = [b for d, b in s.transcript if d == "C"]
+            # the final ".\r\n" arrives in a write of its own, after a pause
+            assert b".\r\n" in client, client[-4:]
+            assert not [b for b in client if b.endswith(b"\r\n.\r\n")], client[-4:]
+            gap = s.stamps["dot"] - s.stamps["data"]
+            assert gap >= min_gap, gap
+    return check
+
+
+def _dot_not_delayed(ours, stock):
+    for sessions in (ours, stock):
+        s = sessions[0]
+        assert s.stamps["dot"] - s.stamps["data"] < 0.9
+        assert not [b for d, b in s.transcript if d == "C" and b == b".\r\n"]
+
+
+def _probes(expected):
+    def check(ours, stock):
+        got_ours = [getattr(s, "probes", None) for s in ours if hasattr(s, "probes")]
+        got_stock = [getattr(s, "probes", None) for s in stock if hasattr(s, "probes")]
+        assert got_stock == [expected], ("stock", got_stock)
+        assert got_ours == got_stock
+    return check
+
+
+PIX = "220 ********************************"
+CACHE = {"smtp_connection_cache_destinations": "127.0.0.1",
+         "smtp_connection_cache_time_limit": "20s", "connection_cache_ttl_limit": "30s"}
+
+CASES = [
+    # --- PIX workarounds -------------------------------------------------------
+    PCase("pix_threshold_0_delay_1s_sends_dot_separately_after_a_pause",
+          script=dict(greeting=PIX, before_reply=stamp()),
+          main_cf={"smtp_pix_workaround_threshold_time": "0s",
+                   "smtp_pix_workaround_delay_time": "1s"},
+          sessions_check=_dot_separate_and_delayed(0.9)),
+    PCase("pix_delay_time_3s_is_used",
+          script=dict(greeting=PIX, before_reply=stamp()),
+          main_cf={"smtp_pix_workaround_threshold_time": "0s",
+                   "smtp_pix_workaround_delay_time": "3s"},
+          sessions_check=_dot_separate_and_delayed(2.8)),
+    PCase("pix_threshold_default_young_mail_no_delay",
+          script=dict(greeting=PIX, before_reply=stamp()),
+          main_cf={"smtp_pix_workaround_delay_time": "3s"},
+          sessions_check=_dot_not_delayed),
+    PCase("pix_workarounds_delay_dotcrlf_only_keeps_esmtp",
+          script=dict(greeting=PIX, before_reply=stamp()),
+          main_cf={"smtp_pix_workarounds": "delay_dotcrlf",
+                   "smtp_pix_workaround_threshold_time": "0s",
+                   "smtp_pix_workaround_delay_time": "1s"},
+          check=lambda w, l: w.startswith(b"EHLO ") or pytest.fail(repr(w[:80])),
+          sessions_check=_dot_separate_and_delayed(0.9)),
+    # --- QUIT --------------------------------------------------------------------
+    # the peer never answers QUIT: with the default (skip) the client has hung
+    # up at once; with smtp_skip_quit_response=no it waits smtp_quit_timeout
+    PCase("skip_quit_response_default_hangs_up_after_quit",
+          script=dict(quit_reply="", before_reply=probe_while_holding("quit", (0.6,))),
+          sessions_check=_probes(["CLOSE_WAIT"])),
+    PCase("skip_quit_response_no_waits_for_the_reply",
+          script=dict(quit_reply="", before_reply=probe_while_holding("quit", (0.6,))),
+          main_cf={"smtp_skip_quit_response": "no"},
+          sessions_check=_probes(["ESTABLISHED"])),
+    PCase("quit_timeout_1s_bounds_the_wait",
+          script=dict(quit_reply="", before_reply=probe_while_holding("quit", (0.5, 2.5))),
+          main_cf={"smtp_skip_quit_response": "no", "smtp_quit_timeout": "1s"},
+          sessions_check=_probes(["ESTABLISHED", "CLOSE_WAIT"])),
+    # --- command timeouts ------------------------------------------------------------
+    PCase("mail_timeout", script=dict(delay={"mail": 4}), main_cf={"smtp_mail_timeout": "1s"},
+          settled=False, check=_line("deferred", "4.4.2", r"timed out while sending MAIL FROM$")),
+    PCase("mail_timeout_without_pipelining",
+          script=dict(delay={"mail": 4}, ehlo_lines=["peer.test.invalid", "8BITMIME"]),
+          main_cf={"smtp_mail_timeout": "1s"},
+          settled=False, check=_line("deferred", "4.4.2", r"timed out while sending MAIL FROM$")),
+    PCase("data_init_timeout", script=dict(delay={"data": 4}),
+          main_cf={"smtp_data_init_timeout": "1s"},
+          settled=False, check=_line("deferred", "4.4.2", r"timed out while sending DATA$")),
+    PCase("data_init_timeout_without_pipelining",
+          script=dict(delay={"data": 4}, ehlo_lines=["peer.test.invalid", "8BITMIME"]),
+          main_cf={"smtp_data_init_timeout": "1s"},
+          settled=False, check=_line("deferred", "4.4.2", r"timed out while sending DATA$")),
+    # a cached-session destination: after a failed MAIL the client sends RSET
+    # before it caches the connection; the peer holds the RSET reply back
+    PCase("rset_timeout_1s_closes_the_session",
+          script=dict(mail_reply="451 4.3.0 not now",
+                      before_reply=probe_while_holding("rset", (0.5, 2.5))),
+          main_cf=dict(CACHE, smtp_rset_timeout="1s"), settled=False,
+          check=_line("deferred", "4.3.0", r"in reply to MAIL FROM"),
+          sessions_check=_probes(["ESTABLISHED", "CLOSE_WAIT"])),
+    PCase("rset_timeout_default_keeps_waiting",
+          script=dict(mail_reply="451 4.3.0 not now",
+                      before_reply=probe_while_holding("rset", (0.5, 2.5))),
+          main_cf=dict(CACHE), settled=False,
+          check=_line("deferred", "4.3.0", r"in reply to MAIL FROM"),
+          sessions_check=_probes(["ESTABLISHED", "ESTABLISHED"])),
+    # --- greeting: the seed's retired smtp_skip_4xx_greeting -----------------------
+    PCase("skip_4xx_greeting_retired_4xx_still_defers",
+          script=dict(greeting="421 4.3.2 busy"), main_cf={"smtp_skip_4xx_greeting": "no"},
+          settled=False, check=_line("deferred", "4.3.2", r"refused to talk to me: 421")),
+    # --- recipients per delivery (qmgr reads it for the smtp transport) -----------------
+    PCase("destination_recipient_limit_1_one_transaction_per_recipient",
+          recipients=("a@dest.test.invalid", "b@dest.test.invalid", "c@dest.test.invalid"),
+          main_cf={"smtp_destination_recipient_limit": "1"}, lines=3,
+          sessions_check=lambda o, s: [len(x.envelopes) for x in o] == [1, 1, 1]
+          or pytest.fail([x.commands for x in o])),
+]
+
+
+def _run_both(case: Case, tmp_base, agent_wrapper):
+    kw = dict(recipients=case.recipients, message=case.message, main_cf=case.main_cf,
+              expect_empty=case.settled, wait_lines=case.lines, sendmail_args=case.sendmail_args,
+              via_smtp=case.via_smtp)
+    ours = run_scenario(os.path.join(tmp_base, "agent"), agent_wrapper, PeerScript(**case.script), **kw)
+    stock = run_scenario(os.path.join(tmp_base, "stock"), None, PeerScript(**case.script), **kw)
+    return ours, stock
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_parameter_scenario_matches_stock(case: PCase, tmp_base, agent_wrapper):
+    ours, stock = _run_both(case, tmp_base, agent_wrapper)
+    wa = normalise_wire(b"".join(s.client_bytes for s in ours.sessions))
+    wb = normalise_wire(b"".join(s.client_bytes for s in stock.sessions))
+    assert wa == wb
+    la = [normalise_line(ln) for ln in ours.lines]
+    lb = [normalise_line(ln) for ln in stock.lines]
+    assert sorted(la, key=repr) == sorted(lb, key=repr)
+    assert {q: len(v) for q, v in ours.queue.items()} == {q: len(v) for q, v in stock.queue.items()}
+    if case.check:
+        first = [d for d in la if "src.test.invalid" not in d["to"]] or la
+        case.check(wa, first)
+    if case.sessions_check:
+        case.sessions_check(ours.sessions, stock.sessions)
+
+
+# --- smtp_connect_timeout: a loopback listener whose accept queue is full --------------
+
+class Blackhole:
+    """A listening socket that never accepts, its backlog filled: further SYNs
+    are dropped, so a connect() hangs until the client's own timeout."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.fillers = []
+        for _ in range(8):
+            c = socket.socket()
+            c.setblocking(False)
+            try:
+                c.connect(("127.0.0.1", self.port))
+            except BlockingIOError:
+                pass
+            self.fillers.append(c)
+        time.sleep(0.2)
+
+    def answers(self) -> bool:
+        probe = socket.socket()
+        probe.settimeout(0.5)
+        try:
+            probe.connect(("127.0.0.1", self.port))
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def close(self):
+        for c in self.fillers:
+            c.close()
+        self.sock.close()
+
+
+def test_connect_timeout_matches_stock(tmp_base, agent_wrapper):
+    hole = Blackhole()
+    try:
+        if hole.answers():
+            pytest.skip("the kernel still completes connections to a full listen queue")
+        cf = {"relayhost": "[127.0.0.1]:%d" % hole.port, "smtp_connect_timeout": "1s"}
+        t0 = time.monotonic()
+        ours = run_scenario(os.path.join(tmp_base, "agent"), agent_wrapper, PeerScript(),
+                            main_cf=cf, expect_empty=False)
+        t_ours = time.monotonic() - t0
+        stock = run_scenario(os.path.join(tmp_base, "stock"), None, PeerScript(),
+                             main_cf=cf, expect_empty=False)
+    finally:
+        hole.close()
+    a = normalise_line(ours.lines[0])
+    assert a == normalise_line(stock.lines[0])
+    assert (a["status"], a["dsn"], a["relay"]) == ("deferred", "4.4.1", "none")
+    assert a["reason"] == "connect to 127.0.0.1[127.0.0.1]:PORT: Connection timed out", a
+    assert t_ours < 25          # 1 s, not the 30 s default (plus instance start/stop)
+    assert not ours.sessions and not stock.sessions
