@@ -1171,15 +1171,23 @@ def _pass_request_attrs(req, nexthop: str) -> list:
 
 
 def _protocol_error(tx: Transaction) -> bool:
-    """A reply stock counts as a protocol error (500-509, 555, not 2xx-5xx)."""
-    replies = [r for _s, r in tx.xforward_replies]
-    replies += [tx.mail_reply, tx.data_reply, tx.dot_reply]
-    replies += list(tx.rcpt_replies.values()) + list(tx.dot_replies.values())
-    for r in replies:
-        if r is not None and (500 <= r.code <= 509 or r.code == 555
-                              or not 200 <= r.code <= 599):
-            return True
-    return False
+    """Did a reported failure carry a code stock counts as a protocol error
+    (500-509, 555, or not 2xx-5xx; smtp_trouble.c smtp_check_code)?  Replies
+    the receiver ignores (RCPT and DATA after a rejected MAIL FROM, DATA with
+    nothing accepted, XFORWARD) do not count."""
+    failed = []
+    mail = tx.mail_reply
+    if mail is not None and mail.klass != 2:
+        failed.append(mail)
+    else:
+        failed += [r for r in tx.rcpt_replies.values() if r.klass != 2]
+        if tx.accepted:
+            if tx.data_reply is not None and tx.data_reply.klass != 3:
+                failed.append(tx.data_reply)
+            failed += [r for r in [tx.dot_reply] + list(tx.dot_replies.values())
+                       if r is not None and r.klass != 2]
+    return any(500 <= r.code <= 509 or r.code == 555 or not 200 <= r.code <= 599
+               for r in failed)
 
 
 def _where(stage: Stage) -> str:

@@ -85,7 +85,9 @@ class ReplyParser:
         while True:
             nl = self._buf.find(b"\n")
             if nl < 0:
-                if len(self._buf) > self.line_limit:
+                # a CR at the end may be the first half of CR LF: not text yet
+                pending = len(self._buf) - (1 if self._buf.endswith(b"\r") else 0)
+                if pending > self.line_limit:
                     if not self._skipping:
                         head = bytes(self._buf[:self.line_limit])
                         self._skipping = True
