@@ -161,8 +161,14 @@ def test_protocol_error_session_is_not_cached(tmp_base, agent_wrapper):
         r.inst.sendmail(MESSAGE, SENDER, [RCPT])
         r.inst.wait_log(r"postfix/smtp\[\d+\]: \w+: to=<", timeout=30)
         r.send_one()
+        assert r.inst.wait_queue_empty(timeout=30)
+        r.peer.wait_messages(2, timeout=10)
         sessions = r.peer.sessions
     finally:
         r.close()
-    assert len(sessions) == 2
+    # the session with the 501 (a protocol error) ends in QUIT and is not reused;
+    # the later deliveries (the bounce notice, the second message) use new
+    # connections, which may or may not share one another (cache timing)
     assert sessions[0].commands[-1] == "QUIT"
+    assert 2 <= len(sessions) <= 3
+    assert sum(len(s.messages) for s in sessions[1:]) == 2
