@@ -35,6 +35,7 @@ class Agent:
         self.checks = None            # smtp.checks.HeaderBodyChecks (smtp_*_checks)
         from .destinations import AddressResolver
         self.resolver = AddressResolver(settings.lookup, warn=log.warning, info=log.info)
+        self.tls_resolver = None      # tls.policy.PolicyResolver, made on first TLS use
         self.report_settings = ReportSettings(
             bounce_service=settings.service_names.get("bounce") or "bounce",
             defer_service=settings.service_names.get("defer") or "defer",
@@ -151,11 +152,13 @@ class Agent:
         try:
             reporter = Reporter(req, self.log, self.report_settings)
             delivery = Delivery(req, qf, self.s, self.log, reporter, self.flags, self.resolver,
-                                generic=self.generic, checks=self.checks)
+                                generic=self.generic, checks=self.checks,
+                                tls_resolver=self.tls_resolver)
             if self._flag_checks(req, delivery):
                 status = delivery.status
             else:
                 status = delivery.run()
+            self.tls_resolver = delivery.tls_resolver      # keep its cache for the next request
             return (dr.STATUS_OK if status == 0 else dr.STATUS_DEFER), delivery.hop
         except QueueFileFatal as exc:
             self.log.warning("%s: %s -- deferring the rest of the request" % (req.queue_id, exc))

@@ -67,7 +67,7 @@ class Delivery:
     def __init__(self, req: DeliveryRequest, qf: QueueFile | None, settings: Settings,
                  log: Logger, reporter: Reporter, flags_letters: str = "",
                  resolver: "destinations.AddressResolver | None" = None,
-                 generic=None, checks=None) -> None:
+                 generic=None, checks=None, tls_resolver=None) -> None:
         self.req = req
         self.generic = generic        # smtp.rewrite.GenericMapper or None
         self.checks = checks          # smtp.checks.HeaderBodyChecks or None
@@ -88,7 +88,9 @@ class Delivery:
         self._final = False
         self._retry_plain = False      # stock: session->tls_retry_plain
         self._plain_next = False       # the retry of the same address runs without TLS
-        self._tls_resolver = None
+        # the TLS policy resolver caches per process, like stock's policy cache;
+        # the Agent keeps it between requests (None until TLS is first needed)
+        self.tls_resolver = tls_resolver
         self._site = ""            # the current nexthop element as written (stock iter->dest)
         self._helo_auth = None     # SASL: AUTH in the last EHLO reply (sasl.policy.HeloAuth)
         if settings.sasl is not None:
@@ -583,12 +585,12 @@ class Delivery:
         if cfg is None:
             return None
         from .tls.config import LEV_ENCRYPT, LEV_NONE
-        if self._tls_resolver is None:
+        if self.tls_resolver is None:
             from .tls.policy import PolicyResolver
             cfg.ensure_tables(self.log)
-            self._tls_resolver = PolicyResolver(cfg, self.log)
+            self.tls_resolver = PolicyResolver(cfg, self.log)
         # DANE: the MX record and this address record (stock iter->mx, iter->rr)
-        policy = self._tls_resolver.resolve(dest.text, ep.host, ep.port,
+        policy = self.tls_resolver.resolve(dest.text, ep.host, ep.port,
                                             getattr(ep, "mx", None), getattr(ep, "rr", None))
         if policy.invalid:
             self.log.warning("TLS policy lookup for %s/%s: %s" % (dest.text, ep.host,

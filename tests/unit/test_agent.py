@@ -683,3 +683,17 @@ def test_verify_probe_updates_original_and_recipient(queue, services, peers):
     assert queue.done_recipients(QID) == [RCPT]
     assert res.reply_bytes == SUCCESS_REPLY
     assert log.find(r"to=<c@example\.org>, orig_to=<alias@example\.org>, .*status=deliverable")
+
+
+def test_tls_policy_resolver_lives_for_the_process(queue, services, peers):
+    """Stock caches TLS policies per process (smtp_tls_policy_cache_query); the
+    agent keeps one PolicyResolver across requests instead of one per request."""
+    peer = peers()
+    agent, log = make_agent()
+    assert agent.tls_resolver is None
+    run(agent, queue, peer)
+    first = agent.tls_resolver
+    assert first is not None
+    run(agent, queue, peer, qid="B2C3D4E5F6")
+    assert agent.tls_resolver is first
+    assert len(first._cache) == 1          # the second request was a cache hit
