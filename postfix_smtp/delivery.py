@@ -339,9 +339,16 @@ class Delivery:
         conn = self._activate(sock, ep, eprop, dprop)
         if conn is None:
             return
-        self._cached_addrs.add((ep.addr, ep.port))
         policy = self._tls_policy(dest, ep) if dest is not None else None
-        self._try_server(ep, False, False, 0, 0, dest, cached=(conn, policy or None))
+        if policy is False or (policy is not None and _requires_tls(policy.level)):
+            # Cached sessions are plaintext (TLS state cannot move between processes)
+            # and the destination label carries no TLS level: never let one carry
+            # mail that policy says must be encrypted (e.g. saved before a reload).
+            self._quit(conn)
+            conn.close()
+            return
+        self._cached_addrs.add((ep.addr, ep.port))
+        self._try_server(ep, False, False, 0, 0, dest, cached=(conn, policy))
 
     def _may_keep(self, conn: Connection) -> bool:
         """May this session stay open for scache at the end of the transaction?"""
@@ -1170,6 +1177,11 @@ def _pass_request_attrs(req, nexthop: str) -> list:
         ("sasl_sender", req.sasl_sender), ("log_ident", req.log_ident),
         ("rewrite_context", req.rewrite_context), ("recipient_count", 1),
     ]
+
+
+def _requires_tls(level: int) -> bool:
+    from .tls.config import tls_required
+    return tls_required(level)
 
 
 def _protocol_error(tx: Transaction) -> bool:
