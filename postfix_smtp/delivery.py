@@ -1096,6 +1096,8 @@ class Delivery:
             conn.close()            # no '.': the server discards the partial message
             return False
         except SessionError as exc:
+            if exc.kind != "lost":
+                raise                # a timeout: stock reads no reply after it
             # The server may have replied (5xx) and closed: use that reply if there is one.
             conn.out.clear()
             try:

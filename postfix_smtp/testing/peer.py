@@ -85,6 +85,12 @@ class PeerScript:
     tls_after_starttls: str = "handshake"       # "handshake", "drop", "garbage", "hang"
     tls_wrapper: bool = False
     ehlo_lines_tls: Optional[List[str]] = None  # EHLO reply lines inside TLS
+    # after the 354 reply: stop reading for this many seconds, then drop
+    # (a server that stalls in the middle of the message body)
+    stall_body: float = 0.0
+    # SO_RCVBUF of accepted connections (0: the kernel's default); small
+    # values make a stalled peer's window fill up quickly
+    rcvbuf: int = 0
 
     def server_context(self) -> Optional[ssl.SSLContext]:
         if self.tls_context is not None:
@@ -265,6 +271,8 @@ class SmtpPeer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         ls = socket.socket(family, socket.SOCK_STREAM)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.script.rcvbuf:
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.script.rcvbuf)
         ls.bind((self.host, 0))
         ls.listen(128)
         ls.settimeout(0.2)
@@ -531,6 +539,10 @@ class SmtpPeer:
                 r = self._reply(c, session, "data", line, s.data_reply)
                 if not r.startswith("3"):
                     continue
+                if s.stall_body > 0:
+                    session.dropped_at = "body"
+                    self._sleep(s.stall_body)
+                    raise _Dropped("stalled in the message body (script)")
                 if s.drop_after == "body":
                     session.partial = c.read_some()
                     self._drop(session, "body")

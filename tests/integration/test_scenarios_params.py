@@ -77,6 +77,7 @@ def probe_while_holding(stage: str, probes: tuple, reply=None):
 class PCase(Case):
     sessions_check: object = None      # (ours_sessions, stock_sessions)
     xfail: str = ""                    # a known difference from stock (file:line, why)
+    max_delay: float = 0.0             # upper bound of the logged delay= (both agents)
 
 
 def _dot_separate_and_delayed(min_gap: float):
@@ -108,6 +109,8 @@ def _probes(expected):
     return check
 
 
+BIG_MESSAGE = b"Subject: big\n\n" + b"".join(
+    b"%06d %s\n" % (i, b"x" * 69) for i in range(80000))
 PIX = "220 ********************************"
 CACHE = {"smtp_connection_cache_destinations": "127.0.0.1",
          "smtp_connection_cache_time_limit": "20s", "connection_cache_ttl_limit": "30s"}
@@ -163,6 +166,13 @@ CASES = [
           script=dict(delay={"data": 4}, ehlo_lines=["peer.test.invalid", "8BITMIME"]),
           main_cf={"smtp_data_init_timeout": "1s"},
           settled=False, check=_line("deferred", "4.4.2", r"timed out while sending DATA command$")),
+    # the peer stops reading after its 354: the client's writes block once the
+    # socket buffers are full (a 6 MB body, the peer's receive buffer 4 KB)
+    PCase("data_xfer_timeout_2s_cuts_off_a_stalled_body",
+          script=dict(stall_body=40, rcvbuf=4096),
+          message=BIG_MESSAGE, main_cf={"smtp_data_xfer_timeout": "2s"}, settled=False,
+          max_delay=10,      # 2 s; not the peer's 40 s stall, not the 180 s default
+          check=_line("deferred", "4.4.2", r"timed out while sending message body$")),
     # a cached-session destination: after a failed MAIL the client sends RSET
     # before it caches the connection; the peer holds the RSET reply back
     PCase("rset_timeout_1s_closes_the_session",
@@ -221,6 +231,11 @@ def test_parameter_scenario_matches_stock(case: PCase, tmp_base, agent_wrapper):
         case.check(wa, first)
     if case.sessions_check:
         case.sessions_check(ours.sessions, stock.sessions)
+    if case.max_delay:
+        from test_delivery import STOCK_LINE
+        for tag, out in (("ours", ours), ("stock", stock)):
+            delays = [float(STOCK_LINE.match(ln).group("delay")) for ln in out.lines]
+            assert delays and max(delays) <= case.max_delay, (tag, out.lines)
 
 
 # --- smtp_connect_timeout: a loopback listener whose accept queue is full --------------
