@@ -12,7 +12,7 @@ import pytest
 
 from postfix_smtp.config.params import Params
 from postfix_smtp.ipc import postmail
-from postfix_smtp.ipc.attr import Decoder, encode
+from postfix_smtp.ipc.attr import encode
 from postfix_smtp.maps import RecordingLog
 from postfix_smtp.maps.matchlist import namadr_list
 from postfix_smtp.queue.records import RecordReader
