@@ -18,7 +18,13 @@ the log lines are stock's:
 - at ``smtp_tls_loglevel`` >= 1 the summary ``Verified|Trusted|Untrusted|
   Anonymous TLS connection established to HOST[ADDR]:PORT: TLSv1.3 with
   cipher ... (256/256 bits) key-exchange X25519 server-signature RSA-PSS
-  (2048 bits) server-digest SHA256``.
+  (2048 bits) server-digest SHA256``;
+- at level >= 2 OpenSSL's handshake progress (``SSL_connect:...``) and at
+  levels 3 and 4 the packet dumps (see dump.py): then OpenSSL talks to memory
+  BIOs and :class:`_Wire` moves the bytes between them and the socket the way
+  OpenSSL's socket BIO would (a record header, then its body), logging each
+  transfer; level 3 goes back to the plain socket BIO once the handshake is
+  done, level 4 keeps the wire (and logs the plaintext too).
 
 Whether the server was authenticated as the policy requires is
 ``stream.matched``; the caller turns a mismatch into stock's ``4.7.5 Server
@@ -38,11 +44,12 @@ import time
 from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi, lib as _lib
 
+from . import dump as _dump
 from . import names as _names
 from .config import (LEV_DANE, LEV_DANE_ONLY, LEV_ENCRYPT, LEV_FPRINT, LEV_HALF_DANE,
-                     LEV_MAY, LEV_SECURE, LEV_VERIFY, LOG_CACHE, LOG_CERTMATCH, LOG_DEBUG,
-                     LOG_PEERCERT, LOG_SUMMARY, LOG_UNTRUSTED, LOG_VERBOSE, TlsConfig,
-                     dane_based, must_match)
+                     LEV_MAY, LEV_SECURE, LEV_VERIFY, LOG_ALLPKTS, LOG_CACHE, LOG_CERTMATCH,
+                     LOG_DEBUG, LOG_PEERCERT, LOG_SUMMARY, LOG_TLSPKTS, LOG_UNTRUSTED,
+                     LOG_VERBOSE, TlsConfig, dane_based, must_match)
 from .policy import Policy, cipher_list, proto_mask_lims, to_ascii_domain
 
 # X509_V_ERR_* numbers (stable across OpenSSL versions).
@@ -124,6 +131,8 @@ class Engine:
     def __init__(self, config: TlsConfig, log=None) -> None:
         self.c = config
         self.log = log or _NullLog()
+        if config.log_mask & LOG_VERBOSE:
+            self.log.info("initializing the client-side TLS engine")
         self._contexts: dict = {}
         self._base_checked = False
         # per-connection callbacks (a Context cannot be changed once used)
@@ -145,6 +154,16 @@ class Engine:
             except Exception:
                 pass
         return True
+
+    @staticmethod
+    def _on_info(conn, where, ret):
+        """OpenSSL's info callback: the connection's own handler (start())."""
+        hook = conn.__dict__.get("_pfs_info")
+        if hook is not None:
+            try:
+                hook(where, ret)
+            except Exception:
+                pass
 
     def _on_msg(self, write_p, version, content_type, buf, length, ssl, arg):
         hook = self.msg_hook
@@ -215,6 +234,8 @@ class Engine:
                 return None
         ctx.set_verify(SSL.VERIFY_NONE, self._on_verify)
         _lib.SSL_CTX_set_msg_callback(ctx._context, self._msg_cb)
+        if c.log_mask & (LOG_DEBUG | LOG_TLSPKTS):
+            ctx.set_info_callback(self._on_info)
         self._contexts[key] = ctx
         return ctx
 
@@ -466,12 +487,158 @@ def _raw_digest(mdalg: str, data: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------------
+# smtp_tls_loglevel 3 and 4: stock installs a dump callback on the socket BIO
+# under OpenSSL.  pyOpenSSL cannot hook that BIO, so OpenSSL gets memory BIOs
+# instead and _Wire does the socket I/O that its socket BIO would have done,
+# with the same granularity: OpenSSL (no read-ahead) asks the socket for a
+# 5-byte record header, then for exactly the rest of that record, and writes
+# whatever it flushed in one go; a non-blocking read or write that finds the
+# socket not ready is logged as "=> -1" before waiting, as stock's is.
+
+_RECORD_HEADER = 5
+_WRITE_CHUNK = 65536
+
+
+class _Wire:
+    """Moves TLS records between the socket and a memory-BIO connection,
+    logging each transfer (``dumping``) as stock's BIO dump callback does.
+
+    A failed socket operation sets ``error`` (an errno; ETIMEDOUT for a
+    timeout) and ends the wire: OpenSSL then sees end of input.  The
+    caller checks ``error`` after every OpenSSL call, because the writes
+    also happen inside OpenSSL callbacks where nothing can be raised."""
+
+    def __init__(self, conn, sock: socket.socket, log, timeout) -> None:
+        self.conn = conn
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.log = log
+        self.timeout = timeout
+        self.dumping = True
+        self.error = 0
+        self.eof = False
+        self._in = conn._into_ssl
+        self._out = conn._from_ssl
+        self._rbuf = _ffi.new("unsigned char[]", _RECORD_HEADER + 0x10000)
+        self._rview = memoryview(_ffi.buffer(self._rbuf))
+        self._wbuf = _ffi.new("unsigned char[]", _WRITE_CHUNK)
+        self._wview = memoryview(_ffi.buffer(self._wbuf))
+        self._bio = int(_ffi.cast("uintptr_t", self._in))
+        self._raddr = int(_ffi.cast("uintptr_t", self._rbuf))
+        self._waddr = int(_ffi.cast("uintptr_t", self._wbuf))
+        self._need = _RECORD_HEADER     # bytes of the current header or body
+        self._have = 0                  # of which already read
+        self._body = False
+
+    def _log_io(self, write: bool, addr: int, asked: int, ret: int, data=None) -> None:
+        if not self.dumping:
+            return
+        self.log.info(_dump.io_line(write, self._bio, addr, asked, ret))
+        if ret > 0:
+            for line in _dump.hex_lines(bytes(data)):
+                self.log.info(line)
+
+    def _fail(self, err: int) -> None:
+        if not self.error:
+            self.error = err or errno.EIO
+        _lib.BIO_set_mem_eof_return(self._in, 0)
+
+    def _ready(self, write: bool) -> bool:
+        t = self.timeout
+        if not _wait(self.fd, write, t if t is not None and t > 0 else None):
+            self._fail(errno.ETIMEDOUT)
+            return False
+        return True
+
+    def fill(self) -> None:
+        """OpenSSL ran out of input: one socket read of what it asks for next."""
+        if self.error or self.eof:
+            _lib.BIO_set_mem_eof_return(self._in, 0)
+            return
+        pos = (_RECORD_HEADER if self._body else 0) + self._have
+        want = self._need - self._have
+        while True:
+            try:
+                n = self.sock.recv_into(self._rview[pos:pos + want])
+            except BlockingIOError:
+                self._log_io(False, self._raddr + pos, want, -1)
+                if not self._ready(False):
+                    return
+                continue
+            except OSError as exc:
+                self._log_io(False, self._raddr + pos, want, -1)
+                self._fail(exc.errno)
+                return
+            break
+        self._log_io(False, self._raddr + pos, want, n, self._rview[pos:pos + n])
+        if n == 0:
+            self.eof = True
+            _lib.BIO_set_mem_eof_return(self._in, 0)
+            return
+        _lib.BIO_write(self._in, self._rbuf + pos, n)
+        self._have += n
+        if self._have < self._need:
+            return
+        self._have = 0
+        length = self._rbuf[3] << 8 | self._rbuf[4]
+        if self._body or length == 0:
+            self._body, self._need = False, _RECORD_HEADER
+        else:
+            self._body, self._need = True, length
+
+    def flush(self) -> None:
+        """Send what OpenSSL has written since the last flush."""
+        while not self.error:
+            n = _lib.BIO_read(self._out, self._wbuf, _WRITE_CHUNK)
+            if n <= 0:
+                return
+            off = 0
+            while off < n:
+                try:
+                    sent = self.sock.send(self._wview[off:n])
+                except BlockingIOError:
+                    self._log_io(True, self._waddr + off, n - off, -1)
+                    if not self._ready(True):
+                        return
+                    continue
+                except OSError as exc:
+                    self._log_io(True, self._waddr + off, n - off, -1)
+                    self._fail(exc.errno)
+                    return
+                self._log_io(True, self._waddr + off, n - off, sent,
+                             self._wview[off:off + sent])
+                off += sent
+
+    def check(self) -> None:
+        """Raise what a socket would have raised for the failed operation."""
+        if self.error == errno.ETIMEDOUT:
+            raise socket.timeout("timed out")
+        if self.error:
+            raise _oserror_errno(self.error)
+
+    def to_socket(self) -> None:
+        """Stop here: give OpenSSL a socket BIO on the same descriptor (all
+        input it was given has been consumed, all output sent)."""
+        self.dumping = False
+        conn = self.conn
+        if _lib.SSL_set_fd(conn._ssl, self.fd) != 1:
+            raise TlsError()
+        conn._into_ssl = conn._from_ssl = None       # freed by OpenSSL
+        conn._socket = self.sock
+        self._in = self._out = None
+
+
+def _oserror_errno(code: int) -> OSError:
+    return OSError(code, os.strerror(code))       # ECONNRESET: ConnectionResetError
+
+
+# ---------------------------------------------------------------------------
 
 
 class TlsStream:
     """The TLS connection, used like the plain socket it replaces."""
 
-    def __init__(self, conn, sock: socket.socket, info: dict) -> None:
+    def __init__(self, conn, sock: socket.socket, info: dict, wire: _Wire | None = None) -> None:
         self._conn = conn
         self._sock = sock
         self._fd = sock.fileno()
@@ -479,6 +646,7 @@ class TlsStream:
         self.info = info
         self.closed = False
         self._scache_save = None
+        self._wire = wire             # smtp_tls_loglevel 4: dump all traffic
 
     # --- what the caller reads
     @property
@@ -518,6 +686,8 @@ class TlsStream:
         return self._sock.getsockopt(*args)
 
     def sendall(self, data) -> None:
+        if self._wire is not None:
+            return self._wire_sendall(data)
         view = memoryview(bytes(data))
         while view:
             try:
@@ -539,6 +709,8 @@ class TlsStream:
             view = view[n:]
 
     def recv(self, n: int) -> bytes:
+        if self._wire is not None:
+            return self._wire_recv(n)
         while True:
             try:
                 return self._conn.recv(n)
@@ -572,6 +744,10 @@ class TlsStream:
             self._conn.shutdown()
         except Exception:
             pass
+        if self._wire is not None:
+            self._wire.timeout = self._timeout
+            self._wire.flush()
+        self._release()
         try:
             self._sock.close()
         except OSError:
@@ -580,10 +756,73 @@ class TlsStream:
     def detach_dead(self) -> None:
         """Close without TLS shutdown (after an I/O error)."""
         self.closed = True
+        self._release()
         try:
             self._sock.close()
         except OSError:
             pass
+
+    def _release(self) -> None:
+        self._conn.__dict__.pop("_pfs_info", None)
+        self._wire = None
+
+    # --- smtp_tls_loglevel 4: through the wire, plaintext logged too
+    def _wire_sendall(self, data) -> None:
+        w = self._wire
+        w.timeout = self._timeout
+        data = bytes(data)
+        w.log.info(_dump.chars_line(True, data))
+        view = memoryview(data)
+        while view:
+            w.check()
+            try:
+                n = self._conn.send(view[:16384].tobytes())   # one record per flush
+            except (SSL.WantReadError, SSL.WantWriteError):
+                w.flush()
+                w.fill()
+                continue
+            except SSL.ZeroReturnError:
+                raise ConnectionResetError(errno.EPIPE, "Broken pipe") from None
+            except SSL.SysCallError as exc:
+                w.check()
+                raise _oserror(exc) from None
+            except SSL.Error as exc:
+                w.flush()
+                w.check()
+                raise OSError(errno.EPROTO, "TLS error: %s" % exc) from None
+            w.flush()
+            view = view[n:]
+        w.check()
+
+    def _wire_recv(self, n: int) -> bytes:
+        w = self._wire
+        w.timeout = self._timeout
+        while True:
+            try:
+                data = self._conn.recv(n)
+            except (SSL.WantReadError, SSL.WantWriteError):
+                w.flush()
+                w.check()
+                w.fill()
+                w.check()
+                continue
+            except SSL.ZeroReturnError:
+                data = b""
+            except SSL.SysCallError as exc:
+                w.flush()
+                w.check()
+                if exc.args and exc.args[0] in (-1, 0):
+                    data = b""              # EOF without close_notify
+                else:
+                    raise _oserror(exc) from None
+            except SSL.Error as exc:
+                w.flush()
+                w.check()
+                raise OSError(errno.EPROTO, "TLS error: %s" % exc) from None
+            w.flush()
+            if data:
+                w.log.info(_dump.chars_line(False, data))
+            return data
 
 
 def _oserror(exc) -> OSError:
@@ -688,8 +927,28 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
             pass
 
     eng.msg_hook = msg_cb
-    conn = SSL.Connection(ctx, sock)       # copies the callbacks
+    wire = None
+    if mask & LOG_TLSPKTS:
+        conn = SSL.Connection(ctx, None)   # memory BIOs, see _Wire
+        wire = _Wire(conn, sock, log, timeout)
+    else:
+        conn = SSL.Connection(ctx, sock)   # copies the callbacks
     ssl = conn._ssl
+
+    if mask & (LOG_DEBUG | LOG_TLSPKTS):
+        def info_cb(where, ret):
+            # output OpenSSL flushed before this event went out before it
+            if wire is not None and wire.dumping:
+                wire.flush()
+            if mask & LOG_DEBUG:
+                state = _lib.SSL_state_string_long(ssl)
+                text = _dump.info_text(
+                    where, ret, _ffi.string(state).decode("ascii", "replace") if state else "",
+                    lambda: _lib.SSL_get_error(ssl, ret))
+                if text is not None:
+                    log.info(text)
+
+        conn.__dict__["_pfs_info"] = info_cb
 
     # name checks, SNI
     refs: list = []
@@ -738,35 +997,49 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
     sock.settimeout(0)
     _lib.ERR_clear_error()
     fd = sock.fileno()
-    while True:
-        ret = _lib.SSL_do_handshake(ssl)
-        if ret == 1:
-            break
-        e = _lib.SSL_get_error(ssl, ret)
-        if e in (_lib.SSL_ERROR_WANT_READ, _lib.SSL_ERROR_WANT_WRITE):
-            wait = timeout if timeout and timeout > 0 else None
-            if not _wait(fd, e == _lib.SSL_ERROR_WANT_WRITE, wait):
-                log.info("SSL_connect error to %s: %s" % (namaddrport,
-                                                          os.strerror(errno.ETIMEDOUT)))
-                _lib.ERR_clear_error()
-                if serverid:
-                    eng.scache.delete(serverid, mask)
-                raise TlsError()
-            continue
-        lines = _err_lines()
+
+    def failed(en=0, lines=()):
         if lines:
             log.info("SSL_connect error to %s: %d" % (namaddrport, ret))
             for line in lines:
                 log.warning("TLS library problem: %s" % line)
+        elif en:
+            log.info("SSL_connect error to %s: %s" % (namaddrport, os.strerror(en)))
         else:
-            en = _ffi.errno if e == _lib.SSL_ERROR_SYSCALL and ret < 0 else 0
-            if en:
-                log.info("SSL_connect error to %s: %s" % (namaddrport, os.strerror(en)))
-            else:
-                log.info("SSL_connect error to %s: lost connection" % namaddrport)
+            log.info("SSL_connect error to %s: lost connection" % namaddrport)
+        _lib.ERR_clear_error()
+        conn.__dict__.pop("_pfs_info", None)
         if serverid:
             eng.scache.delete(serverid, mask)
         raise TlsError()
+
+    while True:
+        ret = _lib.SSL_do_handshake(ssl)
+        e = _lib.SSL_get_error(ssl, ret) if ret != 1 else _lib.SSL_ERROR_NONE
+        if wire is not None:
+            wire.flush()
+            if wire.error and e != _lib.SSL_ERROR_SSL:
+                failed(wire.error)          # the socket failed, not OpenSSL
+        if ret == 1:
+            break
+        if e in (_lib.SSL_ERROR_WANT_READ, _lib.SSL_ERROR_WANT_WRITE):
+            if wire is not None:
+                wire.fill()
+                if wire.error:
+                    failed(wire.error)
+                continue
+            wait = timeout if timeout and timeout > 0 else None
+            if not _wait(fd, e == _lib.SSL_ERROR_WANT_WRITE, wait):
+                failed(errno.ETIMEDOUT)
+            continue
+        lines = _err_lines()
+        if wire is not None:
+            failed(0 if lines else wire.error, lines)
+        failed(_ffi.errno if e == _lib.SSL_ERROR_SYSCALL and ret < 0 else 0, lines)
+
+    if wire is not None and not mask & LOG_ALLPKTS:
+        wire.to_socket()                  # level 3: the handshake only
+        wire = None
 
     reused = bool(_lib.SSL_session_reused(ssl))
     if (mask & LOG_CACHE) and reused:
@@ -855,7 +1128,7 @@ def start(sock: socket.socket, policy: Policy, config: TlsConfig, *, nexthop: st
             "peer_CN": _name_attr(peer, "subject", ("COMMON_NAME",)) if peer else "",
             "issuer_CN": _name_attr(peer, "issuer", ("COMMON_NAME", "ORGANIZATION_NAME"))
             if peer else ""}
-    stream = TlsStream(conn, sock, info)
+    stream = TlsStream(conn, sock, info, wire)
     if serverid:
         stream._scache_save = lambda: eng.scache.save(conn, serverid, mask)
     return stream
