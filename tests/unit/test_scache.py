@@ -13,16 +13,23 @@ from postfix_smtp.smtp.protocol import Features
 
 
 class FakeServer:
-    """A scripted scache(8): stores endpoints and destinations like the real one."""
+    """A scripted scache(8): stores endpoints and destinations like the real one.
 
-    def __init__(self, sock):
+    ``store`` is the (endpoints, destinations) pair shared by all streams of one
+    fake service, as scache(8) keeps one cache for all its clients.  The thread
+    is started by ``start()``: the caller records the server first, so that a
+    client that got the announcement can rely on seeing it in the list."""
+
+    def __init__(self, sock, store=None):
         self.sock = sock
         self.dec = Decoder()
-        self.endp = {}
-        self.dest = {}
+        self.endp, self.dest = store if store is not None else ({}, {})
         self.requests = []
         self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def start(self):
         self.thread.start()
+        return self
 
     def recv(self):
         while True:
@@ -94,6 +101,7 @@ def pair(tmp_path):
     lsock.bind(path)
     lsock.listen(5)
     servers = []
+    store = ({}, {})
 
     def accept():
         while True:
@@ -101,14 +109,29 @@ def pair(tmp_path):
                 s, _ = lsock.accept()
             except OSError:
                 return
-            servers.append(FakeServer(s))
+            srv = FakeServer(s, store)
+            # Listed before its thread sends the announcement: the client cannot
+            # finish a request on this stream before ``servers`` shows it.
+            servers.append(srv)
+            srv.start()
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     log = Log()
     c = scache.ScacheClient(path, timeout=2, log=log, sleep=lambda s: None)
     yield c, servers, log
     c.close()
+    lsock.shutdown(socket.SHUT_RDWR)             # wakes the blocked accept()
     lsock.close()
+    t.join(2)
+    for srv in servers:
+        try:
+            srv.sock.shutdown(socket.SHUT_RDWR)  # ends the server thread's recv()
+        except OSError:
+            pass
+        srv.thread.join(2)
+        srv.sock.close()
+    for fd, _prop in store[0].values():          # descriptors never taken back
+        os.close(fd)
 
 
 def test_save_and_find_endpoint_passes_a_working_socket(pair):
@@ -186,15 +209,33 @@ def test_idle_stream_is_reopened_and_server_drop_is_recovered(pair):
     c, servers, log = pair
     now = [100.0]
     c.clock = lambda: now[0]
+    sleeps = []
+    c.sleep = sleeps.append
     assert c.find_endp("x") is None
+    assert len(servers) == 1
     now[0] += 10                                 # > ipc_idle: a new stream
-    assert c.find_endp("x") is None
+    a, b = socket.socketpair()
+    assert c.save_endp(2, "e", "P\n\n", a) == 0
     assert len(servers) == 2
+    assert servers[0].requests == [[("request", "find_endp"), ("label", "x")]]
     servers[1].sock.shutdown(socket.SHUT_RDWR)   # the server drops the idle stream
     servers[1].thread.join(2)
-    now[0] += 1
-    assert c.find_endp("x") is None
+    assert not servers[1].thread.is_alive()
+    now[0] += 1                                  # < ipc_idle: the client still trusts it
+    got = c.find_endp("e")                       # fails on the dead stream, then reopens
+    assert got is not None                       # the request was really answered...
+    sock, prop = got
+    assert prop == "P\n\n"
+    sock.sendall(b"x")
+    assert b.recv(1) == b"x"                     # ...with the endpoint saved before the drop
+    sock.close()
+    b.close()
     assert len(servers) == 3 and not c.disabled
+    assert servers[2].requests == [[("request", "find_endp"), ("label", "e")]]
+    # A stale idle stream is reopened at once: no one-second pause and no
+    # warning.  The generic retry path would also end in a working stream, but
+    # it pauses first; ``sleeps`` tells the two apart.
+    assert sleeps == []
     assert log.lines == []
 
 
