@@ -34,6 +34,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from .base import (DICT_ERR_RETRY, DICT_FLAG_LOCK, DICT_FLAG_UTF8_REQUEST, MapError, NullLog,
                    Surrogate, Table, ascii_lower, casefold)
+from .cidr import CidrRuleError, parse_cidr   # imported now: matching may run in a chroot jail
 from .text import CHARS_COMMA_SP, mystrtokq
 
 __all__ = ["MatchList", "MatchListError", "namadr_list", "string_list", "host_list",
@@ -238,7 +239,6 @@ class MatchList:
                 or all(c in _V4_CHARS for c in pattern)
                 or any(c not in _CIDR_CHARS for c in pattern)):
             return False
-        from .cidr import CidrRuleError, parse_cidr
         try:
             family, net, mask, _bits = parse_cidr(pattern)
         except CidrRuleError as exc:

@@ -236,7 +236,8 @@ class ChatConfig:
         privileges are dropped; also imports what notices need, before any
         chroot).  MatchListError: a lone "!" (stock: fatal)."""
         if self.notify_mask:
-            from ..ipc import postmail  # noqa: F401  (loaded before chroot)
+            import importlib            # loaded now: a chroot jail has no library path
+            importlib.import_module("postfix_smtp.ipc.postmail")
         if self.debug_peers is not None or not self.debug_spec:
             return
         from ..maps.matchlist import namadr_list
@@ -251,9 +252,14 @@ class ChatConfig:
     def peer_check(self, log: "Any", name: str, addr: str) -> bool:
         """Raise the verbose level when (name, addr) is a debug peer and the
         level is not raised already; True when this call raised it."""
-        peers = self.debug_peers
-        if peers is None or self._saved is not None:
+        if self._saved is not None:
             return False
+        peers = self.debug_peers
+        if peers is None:
+            if not self.debug_spec:
+                return False
+            self.open(log)               # not opened at start-up (e.g. a -S test run)
+            peers = self.debug_peers
         if not peers.match(name, addr):
             return False
         self._saved = log.verbose
@@ -364,7 +370,11 @@ class Chat:
         one was handed to cleanup."""
         if not self.notice_due(sender):
             return False
-        return notify_postmaster(self.history, self.where, self.cfg.notice, self.log)
+        try:
+            return notify_postmaster(self.history, self.where, self.cfg.notice, self.log)
+        except Exception as exc:       # a notice is never worth a delivery
+            self.log.warning("postmaster notify: %s" % exc)
+            return False
 
     def release(self) -> None:
         """smtp_session_free(): undo this session's debug level."""
