@@ -20,6 +20,10 @@ CONTENT_TABLE_PARAMS = ("smtp_generic_maps", "smtp_header_checks", "smtp_mime_he
                         "smtp_nested_header_checks", "smtp_body_checks")
 
 
+#: reply and status rewriting (smtp_chat.c, dsn_filter.c)
+FILTER_PARAMS = ("smtp_reply_filter", "smtp_delivery_status_filter")
+
+
 #: per-server keyword tables (looked up by IP address) -> Settings attribute
 SESSION_TABLE_PARAMS = {"smtp_discard_ehlo_keyword_address_maps": "discard_ehlo_maps",
                         "smtp_pix_workaround_maps": "pix_maps"}
@@ -63,10 +67,13 @@ class Agent:
             p.sget(name).strip() for name in CONTENT_TABLE_PARAMS)
         session_maps = [name for name in SESSION_TABLE_PARAMS
                         if p is not None and p.sget(name).strip()]
-        if not (need_tls or need_content or session_maps):
+        filters = [name for name in FILTER_PARAMS if p is not None and p.sget(name).strip()]
+        if not (need_tls or need_content or session_maps or filters):
             return
         from .maps import OpenContext, open_maps
         self.tables = OpenContext(tls.params if tls is not None else p, self.log)
+        if filters:
+            self._open_filters(p, filters)
         for name in session_maps:
             maps = open_maps(p.sget(name), p, title=p.p(name), log=self.log, ctx=self.tables)
             setattr(self.s, SESSION_TABLE_PARAMS[name], maps)
@@ -79,6 +86,23 @@ class Agent:
             self.generic = GenericMapper.from_params(p, p.p("smtp_generic_maps"),
                                                      self.tables, self.log)
             self.checks = HeaderBodyChecks.from_params(p, self.tables, self.log, pname=p.p)
+
+    def _open_filters(self, p, names) -> None:
+        """smtp_reply_filter: one table (dict_open, DICT_FLAG_LOCK |
+        DICT_FLAG_FOLD_FIX); smtp_delivery_status_filter: a table list
+        (maps_create, DICT_FLAG_LOCK)."""
+        from .maps import DICT_FLAG_LOCK, open_maps
+        from .maps.base import DICT_FLAG_FOLD_FIX
+        for name in names:
+            spec = p.sget(name)
+            if name == "smtp_reply_filter":
+                maps = open_maps(spec, p, DICT_FLAG_LOCK | DICT_FLAG_FOLD_FIX,
+                                 title=p.p(name), log=self.log, ctx=self.tables)
+                self.s.reply_filter = maps.tables[0] if maps.tables else None
+            else:
+                maps = open_maps(spec, p, DICT_FLAG_LOCK, title=p.p(name), log=self.log,
+                                 ctx=self.tables)
+                self.report_settings.status_filter = maps
 
     def changed_table(self) -> str | None:
         """"type:name" of a file table rebuilt since it was opened (stock: the
@@ -171,13 +195,20 @@ class Agent:
             qf.close()
 
     def _flag_checks(self, req: dr.DeliveryRequest, delivery: Delivery) -> bool:
-        """flags=D/O need one recipient per request (stock: reject_deliver_request)."""
+        """flags=D/O need one recipient per request, and flags=D refuses a
+        recipient already named in a Delivered-To: header (stock:
+        reject_deliver_request, before any connection)."""
         for letter in ("D", "O"):
             if letter in self.flags and len(req.recipients) > 1:
                 self.log.warning("flag `%s' requires %s_destination_recipient_limit = 1"
                                  % (letter, self.s.service_name))
                 delivery.fail_all(dr.Dsn(status="4.3.5",
                                          reason="mail system configuration error"),
+                                  relay=self.s.service_name)
+                return True
+            if letter == "D" and req.recipients and delivery.delivered_to_loop():
+                delivery.fail_all(dr.Dsn(status="5.4.6", reason="mail forwarding loop for %s"
+                                         % req.recipients[0].address),
                                   relay=self.s.service_name)
                 return True
         return False

@@ -299,7 +299,10 @@ class Delivery:
             from .smtp.session import Endpoint as _Ep
             ep = _Ep(state.host or state.addr, state.addr, 0, fam)
         conn = Connection(sock, ep, self.s.timeouts, utf8=self.s.smtputf8_enable,
-                          line_limit=self.s.reply_line_limit)
+                          line_limit=self.s.reply_line_limit,
+                          deadline=self.s.per_request_deadline,
+                          min_data_rate=self.s.min_data_rate, log=self.log,
+                          line_filter=self._reply_filter())
         try:
             conn.write(b"RSET\r\n", Stage.ABORT)           # the RSET probe (smtp_rset_timeout)
             reply = conn.read_reply(Stage.ABORT)
@@ -444,7 +447,9 @@ class Delivery:
                 self.why = Failure("4.4.1", text)
                 return
             conn = Connection(sock, ep, s.timeouts, utf8=s.smtputf8_enable,
-                              line_limit=s.reply_line_limit)
+                              line_limit=s.reply_line_limit, deadline=s.per_request_deadline,
+                              min_data_rate=s.min_data_rate, log=self.log,
+                              line_filter=self._reply_filter())
             conn.reuse_count = 0
             conn.expire_time = time.time() + s.reuse_time_limit
             conn.cached_features = None
@@ -487,6 +492,25 @@ class Delivery:
             st.deliver_done = 0.0
             st.reuse_count = 0
 
+    def _reply_filter(self):
+        """smtp_reply_filter as a ReplyParser line filter, or None."""
+        table = self.s.reply_filter
+        if table is None:
+            return None
+        queue_id = self.req.queue_id
+        log = self.log
+
+        def line_filter(line: str):
+            from .smtp.reply import ReplyFilterError
+            try:
+                value = table.lookup(line)
+            except Exception as exc:            # MapError, or a broken table
+                log.warning("%s: table %s:%s lookup error for %s"
+                            % (queue_id, table.type, table.name, line))
+                raise ReplyFilterError(str(exc)) from None
+            return value
+        return line_filter
+
     def _relay(self, ep: Endpoint) -> str:
         return ep.namaddrport
 
@@ -504,6 +528,16 @@ class Delivery:
             return
         ep = conn.ep
         final = self._final
+        if exc.kind == "data":               # smtp_reply_filter lookup error (no fallback)
+            self._bulk_fail(Dsn(status="4.3.0", reason="local data error while talking to %s"
+                                % ep.namaddr), self._relay(ep), final, throttle=True)
+            # stock: QUIT after a failed handshake on a healthy stream; in the
+            # middle of a transaction the session is just closed
+            if exc.stage in _HANDSHAKE_STAGES:
+                conn.quit_later = True
+            else:
+                conn.dead = True
+            return
         if (getattr(conn, "tls", None) is not None
                 and any(id(r) not in self._handled for r in self.todo)
                 and self._plaintext_fallback_ok(conn.tls_policy, ep)):
@@ -689,7 +723,8 @@ class Delivery:
         conn.sock = tsock
         conn.tls = tsock
         conn.out.clear()
-        conn.parser = ReplyParser(utf8=self.s.smtputf8_enable, line_limit=self.s.reply_line_limit)
+        conn.parser = ReplyParser(utf8=self.s.smtputf8_enable, line_limit=self.s.reply_line_limit,
+                                  line_filter=conn.parser.line_filter)
         if must_match(tsock.level) and not tsock.matched:
             self._tls_fail(ep, "4.7.5", "Server certificate not verified", True, conn)
 
@@ -1151,6 +1186,39 @@ class Delivery:
         self._bulk_fail(Dsn(status="4.3.0", reason="local data error while talking to %s"
                             % ep.namaddr), self._relay(ep), self._final, throttle=True)
 
+    def delivered_to_loop(self) -> bool:
+        """flags=D: does a Delivered-To: header of the message already name the
+        (generic-mapped) recipient?  Like delivered_hdr.c: primary headers
+        only, the first line of each header, at most 1,000 distinct values,
+        compared case-insensitively in quoted (external) form."""
+        from .maps.base import casefold
+        from .smtp.address import quote_822
+        from .smtp.mime import is_header_buf
+
+        def fold(text: str) -> str:
+            return text.lower() if text.isascii() else casefold(text)
+
+        seen = set()
+        continued = False            # the previous record was a partial line
+        for line in self.qf.content(self.req.data_offset):
+            first, continued = not continued, not line.complete
+            if not first:
+                continue
+            text = line.text
+            n = is_header_buf(text)
+            if n:
+                if text[:n].lower() == b"delivered-to":
+                    value = text[text.index(b":", n) + 1:].lstrip(b" \t\r\n\v\f")
+                    seen.add(fold(value.decode("utf-8", "surrogateescape")))
+                    if len(seen) >= 1000:
+                        break
+            elif text[:1] not in (b" ", b"\t", b"\r", b"\n", b"\v", b"\f") or not text:
+                break
+        if not seen:
+            return False
+        rcpt = self.req.recipients[0].address
+        return fold(quote_822(self._generic(rcpt))) in seen
+
     def _prepended_headers(self) -> list:
         out = []
         req = self.req
@@ -1179,6 +1247,10 @@ def _pass_request_attrs(req, nexthop: str) -> list:
         ("sasl_sender", req.sasl_sender), ("log_ident", req.log_ident),
         ("rewrite_context", req.rewrite_context), ("recipient_count", 1),
     ]
+
+
+_HANDSHAKE_STAGES = frozenset((Stage.GREETING, Stage.EHLO, Stage.HELO, Stage.LHLO,
+                               Stage.STARTTLS))
 
 
 def _requires_tls(level: int) -> bool:

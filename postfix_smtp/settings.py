@@ -89,6 +89,7 @@ class Settings:
     params: object = None            # the Params (content tables are opened from it)
     discard_ehlo_maps: object = None # smtp_discard_ehlo_keyword_address_maps (opened by Agent)
     pix_maps: object = None          # smtp_pix_workaround_maps (opened by Agent)
+    reply_filter: object = None      # smtp_reply_filter: one maps Table (opened by Agent)
     # connection reuse through scache(8)
     cache_on_demand: bool = True
     cache_destinations: frozenset = frozenset()
@@ -98,6 +99,8 @@ class Settings:
     tls_connection_reuse: bool = False
     scache_path: str = "private/scache"
     scache_timeout: float = 5.0
+    per_request_deadline: bool = False     # smtp_per_request_deadline
+    min_data_rate: int = 500               # smtp_min_data_rate
     ipc_idle: float = 5.0
     ipc_ttl: float = 1000.0
 
@@ -128,6 +131,11 @@ class Settings:
         if p.sbool("smtp_sasl_auth_enable") or p.sget("smtp_sasl_password_maps").strip():
             from .sasl.client import SaslClient    # only when SASL is configured
             sasl = SaslClient.from_params(p, personality)
+        min_data_rate = p.sint("smtp_min_data_rate")
+        if min_data_rate < 1:              # stock's lower bound (smtp_params.c)
+            from .config.params import ConfigError
+            raise ConfigError("invalid %s parameter value %d < 1"
+                              % (p.p("smtp_min_data_rate"), min_data_rate))
         reuse_count_limit = p.sint("smtp_connection_reuse_count_limit")
         obsolete_reuse = p.raw("smtp_connection_cache_reuse_limit")
         if (obsolete_reuse is not None and obsolete_reuse.strip().isdigit()
@@ -141,6 +149,8 @@ class Settings:
             myhostname=p.get("myhostname"),
             helo_name=p.sget("smtp_helo_name"),
             timeouts=timeouts,
+            per_request_deadline=p.sbool("smtp_per_request_deadline"),
+            min_data_rate=min_data_rate,
             connect_timeout=p.stime("smtp_connect_timeout"),
             ipc_timeout=p.get_time("ipc_timeout"),
             daemon_timeout=p.get_time("daemon_timeout"),

@@ -38,6 +38,8 @@ class ReportSettings:
     delay_resolution: int = 2
     external_log_format: bool = True
     verify_negative_cache: bool = True
+    # smtp_delivery_status_filter: a maps.Maps, or None
+    status_filter: object = None
 
 
 class Reporter:
@@ -131,9 +133,33 @@ class Reporter:
             dsn = replace(dsn, status=klass + ".0.0")
         return dsn
 
+    def _filtered(self, dsn: Dsn) -> Dsn | None:
+        """smtp_delivery_status_filter (dsn_filter_lookup): the replacement for
+        "STATUS REASON", or None.  A success stays a success and a failure a
+        failure; a 4xx/5xx swap changes the action."""
+        maps = self.s.status_filter
+        if maps is None:
+            return None
+        from ..maps.base import MapError
+        try:
+            result = maps.lookup("%s %s" % (dsn.status, dsn.reason))
+        except MapError:
+            return None                        # maps_find() has logged it
+        if result is None:
+            return None
+        m = re.match(r"([245])\.\d{1,3}\.\d{1,3}(?![\d.])", result)
+        success = dsn.status[:1] == "2"
+        if m is None or (m.group(1) == "2") != success:
+            self.log.warning("%s: bad status code: %s" % (maps.title, result))
+            return None
+        action = {"4": "delayed", "5": "failed"}.get(m.group(1), dsn.action)
+        return replace(dsn, status=m.group(0), reason=result[m.end():].lstrip(" \t\r\n\v\f"),
+                       action=action)
+
     # --- the three outcomes ----------------------------------------------------
     def sent(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
         dsn = self._sane(dsn, "2", "sent")
+        dsn = self._filtered(dsn) or dsn
         probed = self._probe(rcpt, relay, dsn, VRFY_DELIVERABLE, "deliverable")
         if probed is not None:
             return probed
@@ -154,6 +180,14 @@ class Reporter:
 
     def bounce(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
         dsn = self._sane(dsn, "5", "bounce_append")
+        alt = self._filtered(dsn)
+        if alt is not None:
+            if alt.status[0] == "4":
+                return self._defer(rcpt, relay, alt)
+            dsn = alt
+        return self._bounce(rcpt, relay, dsn)
+
+    def _bounce(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
         probed = self._probe(rcpt, relay, dsn, VRFY_UNDELIVERABLE, "undeliverable")
         if probed is not None:
             return probed
@@ -176,6 +210,14 @@ class Reporter:
 
     def defer(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
         dsn = self._sane(dsn, "4", "defer_append")
+        alt = self._filtered(dsn)
+        if alt is not None:
+            if alt.status[0] == "5":
+                return self._bounce(rcpt, relay, alt)
+            dsn = alt
+        return self._defer(rcpt, relay, dsn)
+
+    def _defer(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
         probed = self._probe(rcpt, relay, dsn, VRFY_UNDELIVERABLE_SOFT, "undeliverable")
         if probed is not None:
             return probed

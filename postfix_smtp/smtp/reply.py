@@ -19,6 +19,10 @@ LINE_LIMIT = 2048
 TEXT_LIMIT = 2048
 
 
+class ReplyFilterError(Exception):
+    """smtp_reply_filter could not be searched (stock: a local data error)."""
+
+
 def printable(text: str, utf8: bool = True) -> str:
     """Postfix's printable(): control/non-ASCII bytes become '?', valid UTF-8
     is kept when SMTPUTF8 is enabled."""
@@ -79,6 +83,10 @@ class ReplyParser:
     _skipping: bool = False
     replies: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    #: smtp_reply_filter: line -> replacement line or None (may raise
+    #: ReplyFilterError); each replacement is noted in ``notes``
+    line_filter: object = None
+    notes: list = field(default_factory=list)
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -107,9 +115,17 @@ class ReplyParser:
                 self._line(raw)
 
     def _line(self, raw: bytes, overlong: bool = False) -> None:
-        line = printable(raw.decode("utf-8", "surrogateescape"), self.utf8)
+        # without SMTPUTF8 each non-ASCII byte becomes one '?', as stock's
+        # printable() does byte by byte
+        line = printable(raw.decode("utf-8", "surrogateescape") if self.utf8
+                         else raw.decode("latin-1"), self.utf8)
         if overlong:
             self.warnings.append("response longer than %d: %.30s..." % (self.line_limit, line))
+        if self.line_filter is not None:
+            new = self.line_filter(line)
+            if new is not None:
+                self.notes.append('replacing server reply "%s" with "%s"' % (line, new))
+                line = new
         if self._text_len < TEXT_LIMIT:
             self._lines.append(line)
             self._text_len += len(line) + 1

@@ -1,7 +1,12 @@
 """Blocking SMTP connection: connect, write, read replies, each under a timeout.
 
 The per-stage timeouts apply to every read and write system call, as in
-stock smtp(8) (``smtp_per_request_deadline = no``).  Failures surface as
+stock smtp(8) with ``smtp_per_request_deadline = no``.  With ``yes`` the
+stage timeout is a budget for a whole request or response (vstream's
+deadline): every read and write spends from it, and it is recharged when a
+new response is awaited or the stage changes.  While the message body is
+sent, each byte written earns ``1 / smtp_min_data_rate`` seconds back, never
+more than ``smtp_data_xfer_timeout`` in all.  Failures surface as
 :class:`SessionError` carrying the stage, so the caller can produce stock's
 "conversation with X timed out while ..." and "lost connection with X
 while ..." texts.
@@ -10,16 +15,17 @@ while ..." texts.
 from __future__ import annotations
 
 import socket
+import time
 from ..valueclass import dataclass
 
 from .protocol import STAGE_INFO, Stage
-from .reply import Reply, ReplyParser
+from .reply import Reply, ReplyFilterError, ReplyParser
 
 
 class SessionError(Exception):
     def __init__(self, kind: str, stage: Stage, detail: str = "") -> None:
         super().__init__("%s while %s" % (kind, STAGE_INFO[stage][1]))
-        self.kind = kind          # "timeout" or "lost"
+        self.kind = kind          # "timeout", "lost" or "data" (a local table error)
         self.stage = stage
         self.detail = detail
 
@@ -71,16 +77,28 @@ def connect(ep: Endpoint, timeout: float, bind_addr: str | None = None) -> socke
     return sock
 
 
+# The greeting and the EHLO/HELO/LHLO exchange share one budget (stock sets
+# its stream up once for smtp_helo_timeout before the greeting).
+_HELO_STAGES = frozenset((Stage.GREETING, Stage.EHLO, Stage.HELO, Stage.LHLO))
+
+
 class Connection:
     def __init__(self, sock: socket.socket, ep: Endpoint, timeouts: dict,
-                 utf8: bool = True, line_limit: int = 2048) -> None:
+                 utf8: bool = True, line_limit: int = 2048, deadline: bool = False,
+                 min_data_rate: int = 0, log=None, line_filter=None) -> None:
         self.sock = sock
         self.ep = ep
         self.timeouts = timeouts              # stage -> seconds
-        self.parser = ReplyParser(utf8=utf8, line_limit=line_limit)
+        self.log = log                        # for the parser's warnings and notes
+        self.parser = ReplyParser(utf8=utf8, line_limit=line_limit, line_filter=line_filter)
         self.out = bytearray()
         self.dead = False
         self._timeout: object = -1
+        self.deadline = deadline              # smtp_per_request_deadline
+        self.min_data_rate = min_data_rate    # smtp_min_data_rate (bytes/s, body only)
+        self._budget = 0.0
+        self._budget_stage: object = None
+        self._budget_cap = 0.0
 
     def _settimeout(self, stage: Stage) -> None:
         t = self.timeouts.get(stage, 300.0)
@@ -89,15 +107,66 @@ class Connection:
             self.sock.settimeout(t)
             self._timeout = t
 
+    # -- smtp_per_request_deadline --------------------------------------------
+
+    def recharge(self, stage: Stage) -> None:
+        """Start a new deadline budget for ``stage`` (stock's smtp_stream_setup)."""
+        t = self.timeouts.get(stage, 300.0)
+        self._budget = self._budget_cap = t if t > 0 else 300.0
+        self._budget_stage = stage
+
+    def _same_budget(self, stage: Stage) -> bool:
+        cur = self._budget_stage
+        if cur is None:
+            return False
+        if cur == stage:
+            return True
+        return cur in _HELO_STAGES and stage in _HELO_STAGES
+
+    def _deadline_io(self, stage: Stage, op, arg, rate: int):
+        """One read or write under the budget; returns what ``op`` returns."""
+        if self._budget <= 0:
+            self.dead = True
+            raise SessionError("timeout", stage)
+        self.sock.settimeout(self._budget)
+        self._timeout = -1
+        t0 = time.monotonic()
+        result = self._io(stage, op, arg)
+        self._budget -= time.monotonic() - t0
+        if rate > 0:
+            n = result if isinstance(result, int) else len(result)
+            self._budget = min(self._budget + n / rate, self._budget_cap)
+        return result
+
+    def _deadline_sendall(self, stage: Stage, data: bytes) -> None:
+        if not self._same_budget(stage):
+            self.recharge(stage)
+        rate = self.min_data_rate if stage == Stage.BODY else 0
+        send = getattr(self.sock, "send", None)
+        if send is None:                  # a TLS stream: whole writes
+            self._deadline_io(stage, self.sock.sendall, data, 0)
+            if rate > 0:
+                self._budget = min(self._budget + len(data) / rate, self._budget_cap)
+            return
+        view = memoryview(data)
+        while view:
+            n = self._deadline_io(stage, send, view, rate)
+            view = view[n:]
+
+    # -------------------------------------------------------------------------
+
     def queue(self, data: bytes) -> None:
         self.out += data
 
     def flush(self, stage: Stage) -> None:
         if not self.out:
             return
-        self._settimeout(stage)
         data = bytes(self.out)
         self.out.clear()
+        if self.deadline:
+            self._deadline_sendall(stage, data)
+            return
+        self._settimeout(stage)
         self._io(stage, self.sock.sendall, data)
 
     def _io(self, stage: Stage, op, arg):
@@ -117,17 +186,41 @@ class Connection:
 
     def read_reply(self, stage: Stage) -> Reply:
         """Flush pending output, then read one complete reply."""
+        if self.deadline:
+            # a new budget for each response (the helo exchange shares one)
+            if not (stage in _HELO_STAGES and self._same_budget(stage)):
+                self.recharge(stage)
         self.flush(stage)
         while True:
             r = self.parser.pop()
             if r is not None:
                 return r
-            self._settimeout(stage)
-            data = self._io(stage, self.sock.recv, 65536)
+            if self.deadline:
+                data = self._deadline_io(stage, self.sock.recv, 65536, 0)
+            else:
+                self._settimeout(stage)
+                data = self._io(stage, self.sock.recv, 65536)
             if not data:
                 self.dead = True
                 raise SessionError("lost", stage)
-            self.parser.feed(data)
+            parser = self.parser
+            try:
+                parser.feed(data)
+            except ReplyFilterError:
+                # the connection itself is fine: the caller decides on QUIT
+                raise SessionError("data", stage) from None
+            finally:
+                if (parser.warnings or parser.notes) and self.log is not None:
+                    self._report(parser)
+
+    def _report(self, parser: ReplyParser) -> None:
+        where = self.ep.namaddrport
+        for text in parser.warnings:
+            self.log.warning("%s: %s" % (where, text))
+        for text in parser.notes:
+            self.log.info("%s: %s" % (where, text))
+        parser.warnings.clear()
+        parser.notes.clear()
 
     def close(self) -> None:
         try:

@@ -91,6 +91,11 @@ class PeerScript:
     # SO_RCVBUF of accepted connections (0: the kernel's default); small
     # values make a stalled peer's window fill up quickly
     rcvbuf: int = 0
+    # stage -> seconds between the bytes of that reply (a server that trickles)
+    trickle: Dict[str, float] = field(default_factory=dict)
+    # (bytes, seconds): read the message body at most this many bytes at a
+    # time, pausing between reads (a slow server)
+    body_read_rate: Optional[Tuple[int, float]] = None
 
     def server_context(self) -> Optional[ssl.SSLContext]:
         if self.tls_context is not None:
@@ -167,13 +172,18 @@ class _Conn:
         self.session = session
         self.deadline = deadline
         self.buf = bytearray()
+        self.throttle: Optional[Tuple[int, float]] = None
 
     def _fill(self) -> None:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise _Dropped("server lifetime over")
+        size = 65536
+        if self.throttle is not None:
+            size, pause = self.throttle
+            time.sleep(min(pause, left))
         self.sock.settimeout(min(CONNECTION_TIMEOUT, left))
-        chunk = self.sock.recv(65536)
+        chunk = self.sock.recv(size)
         if not chunk:
             raise _Dropped("client closed the connection")
         self.session._in(chunk)
@@ -410,7 +420,12 @@ class SmtpPeer:
             data = b""
         else:
             data = b"".join(l.encode("utf-8") + b"\r\n" for l in reply.split("\n"))
-        if data:
+        pause = s.trickle.get(stage)
+        if data and pause:
+            for i in range(len(data)):
+                c.send(data[i:i + 1])
+                self._sleep(pause)
+        elif data:
             c.send(data)
         return data.decode("utf-8", "replace")
 
@@ -546,7 +561,11 @@ class SmtpPeer:
                 if s.drop_after == "body":
                     session.partial = c.read_some()
                     self._drop(session, "body")
-                content = c.read_data()
+                c.throttle = s.body_read_rate
+                try:
+                    content = c.read_data()
+                finally:
+                    c.throttle = None
                 finish(content, line)
             elif verb == "BDAT":
                 m = re.match(r"(?i)^BDAT\s+(\d+)(\s+LAST)?\s*$", line)

@@ -289,6 +289,9 @@ def test_agent_drops_privileges_and_honours_max_use(tmp_base, agent_wrapper):
     try:
         inst.start()
         inst.sendmail(MESSAGE, SENDER, [RCPT])
+        # look once the agent talks to the peer (privileges are dropped before
+        # the first request; a process caught at exec time is still root)
+        assert peer.wait_sessions(1, timeout=20, closed=False)
         end = time.monotonic() + 10
         pids = []
         while not pids and time.monotonic() < end:

@@ -316,3 +316,43 @@ def test_generic_map_lookup_error_defers(tmp_base, agent_wrapper):
                for ln in ours["log"])
     assert ours["queue"]["deferred"]
     assert not any(b"MAIL FROM" in w for w in ours["wire"].values())
+
+
+def test_delivered_to_loop_flags_d_same_as_stock(tmp_base, agent_wrapper):
+    """flags=D: a recipient already named in a Delivered-To: header (after
+    smtp_generic_maps, in any case) bounces with 5.4.6 before any connection;
+    the header in the body or on a continuation line does not count."""
+    main_cf = {"smtp_generic_maps": "hash:{generic_hash}",
+               "smtp_destination_recipient_limit": "1"}
+    tables = {"generic_hash": ("hash", GENERIC_HASH)}
+
+    def msg(name, headers, body=b"body\n"):
+        return ("alice@src.test.invalid", ["bob@dest.test.invalid"],
+                b"Subject: %s\nMessage-Id: <%s@src.test.invalid>\n%s\n%s"
+                % (name.encode(), name.encode(), headers, body))
+    messages = {
+        "loop": msg("loop", b"Delivered-To: other@else.test.invalid\n"
+                            b"Delivered-To:   ROBERT@Remote.Example\n"),
+        "other": msg("other", b"Delivered-To: someone@else.test.invalid\n"),
+        "inbody": msg("inbody", b"X-A: 1\n", b"Delivered-To: robert@remote.example\n"),
+        "folded": msg("folded", b"X-Folded: a\n Delivered-To: robert@remote.example\n"),
+        "unmapped": msg("unmapped", b"Delivered-To: bob@dest.test.invalid\n"),
+    }
+    ours, stock = _both_args(tmp_base, agent_wrapper, main_cf, tables, messages, ["flags=D"])
+    norm = lambda res: sorted(str(sorted(normalise_line(x).items())) for x in res["lines"]
+                              if "to=<bob@" in x)
+    assert norm(ours) == norm(stock)
+    # ("loop" reaches the peer only inside the bounce notice to alice)
+    assert set(ours["wire"]) == set(stock["wire"]) == {"loop", "other", "inbody", "folded",
+                                                       "unmapped"}
+    for name in ("other", "inbody", "folded", "unmapped"):
+        assert ours["wire"][name] == stock["wire"][name], name
+    for res in (ours, stock):
+        assert b"MAIL FROM:<> " in res["wire"]["loop"]      # the notice
+        assert b"RCPT TO:<robert@" not in res["wire"]["loop"]
+    bob = [normalise_line(x) for x in ours["lines"] if "to=<bob@" in x]
+    loops = [d for d in bob if d["status"] == "bounced"]
+    assert len(loops) == 1, bob
+    assert (loops[0]["dsn"], loops[0]["reason"]) == (
+        "5.4.6", "mail forwarding loop for bob@dest.test.invalid")
+    assert sum(d["status"] == "sent" for d in bob) == 4

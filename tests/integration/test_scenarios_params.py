@@ -173,6 +173,33 @@ CASES = [
           message=BIG_MESSAGE, main_cf={"smtp_data_xfer_timeout": "2s"}, settled=False,
           max_delay=10,      # 2 s; not the peer's 40 s stall, not the 180 s default
           check=_line("deferred", "4.4.2", r"timed out while sending message body$")),
+    # --- smtp_per_request_deadline / smtp_min_data_rate ---------------------------
+    # the greeting trickles in, 0.15 s per byte (about 4 s): each read is well
+    # within smtp_helo_timeout, the whole greeting is not
+    PCase("per_request_deadline_times_out_a_trickling_greeting",
+          script=dict(trickle={"greeting": 0.15}),
+          main_cf={"smtp_per_request_deadline": "yes", "smtp_helo_timeout": "2s"},
+          settled=False, max_delay=4,
+          check=_line("deferred", "4.4.2",
+                      r"timed out while receiving the initial server greeting$")),
+    PCase("per_request_deadline_default_waits_for_a_trickling_greeting",
+          script=dict(trickle={"greeting": 0.15}), main_cf={"smtp_helo_timeout": "2s"},
+          check=_line("sent", "2.0.0")),
+    # a peer that reads the 6 MB body at about 650 KB/s: with the deadline
+    # each write earns time back at smtp_min_data_rate; at 10^7 bytes/s it
+    # earns almost nothing and the 2 s budget runs out, at the default 500
+    # bytes/s the transfer goes on
+    PCase("min_data_rate_too_high_times_out_a_slow_reader",
+          script=dict(body_read_rate=(65536, 0.1), rcvbuf=65536), message=BIG_MESSAGE,
+          main_cf={"smtp_per_request_deadline": "yes", "smtp_data_xfer_timeout": "2s",
+                   "smtp_min_data_rate": "10000000"},
+          settled=False,
+          check=_line("deferred", "4.4.2", r"timed out while sending message body$")),
+    # (twice as fast, half the budget: still seconds of blocked writes)
+    PCase("min_data_rate_default_keeps_a_slow_reader_going",
+          script=dict(body_read_rate=(65536, 0.05), rcvbuf=65536), message=BIG_MESSAGE,
+          main_cf={"smtp_per_request_deadline": "yes", "smtp_data_xfer_timeout": "1s"},
+          check=_line("sent", "2.0.0")),
     # a cached-session destination: after a failed MAIL the client sends RSET
     # before it caches the connection; the peer holds the RSET reply back
     PCase("rset_timeout_1s_closes_the_session",

@@ -265,3 +265,38 @@ def test_dsn_from_final_line_even_when_text_was_cut():
     assert r.code == 550
     assert "550 5.7.1 blocked by policy" not in r.lines
     assert r.dsn == "5.7.1"
+
+
+# --- smtp_reply_filter ----------------------------------------------------------
+
+def test_line_filter_replaces_lines_before_parsing():
+    table = {"550 5.1.1 no": "450 4.1.1 later", "250-SIZE 100": "250-XSIZE"}
+    p = ReplyParser(line_filter=table.get)
+    p.feed(b"550 5.1.1 no\r\n250-SIZE 100\r\n250 OK\r\n")
+    first, second = p.pop(), p.pop()
+    assert (first.code, first.lines, first.dsn) == (450, ["450 4.1.1 later"], "4.1.1")
+    assert second.lines == ["250-XSIZE", "250 OK"]
+    assert p.notes == ['replacing server reply "550 5.1.1 no" with "450 4.1.1 later"',
+                       'replacing server reply "250-SIZE 100" with "250-XSIZE"']
+
+
+def test_line_filter_sees_the_printable_line_and_may_end_a_reply():
+    seen = []
+
+    def flt(line):
+        seen.append(line)
+        return "250 done" if line.startswith("250-") else None
+    p = ReplyParser(utf8=False, line_filter=flt)
+    p.feed(b"250-caf\xc3\xa9\r\n")
+    assert seen == ["250-caf??"]
+    assert p.pop().lines == ["250 done"]        # the replacement ends the reply
+
+
+def test_line_filter_error_propagates():
+    from postfix_smtp.smtp.reply import ReplyFilterError
+
+    def flt(line):
+        raise ReplyFilterError("table down")
+    p = ReplyParser(line_filter=flt)
+    with pytest.raises(ReplyFilterError):
+        p.feed(b"220 hello\r\n")
