@@ -697,3 +697,25 @@ def test_tls_policy_resolver_lives_for_the_process(queue, services, peers):
     run(agent, queue, peer, qid="B2C3D4E5F6")
     assert agent.tls_resolver is first
     assert len(first._cache) == 1          # the second request was a cache hit
+
+
+LOOP_BODY = [b"Delivered-To: %s" % RCPT.upper().encode(), b"Subject: looped", b"", b"hi"]
+
+
+@pytest.mark.parametrize("flags", ["", "D"])
+def test_delivered_to_loop_check_only_with_flag_d(queue, services, peers, flags):
+    """A Delivered-To: header naming the recipient bounces (5.4.6) only under
+    flags=D; without it the message is delivered as it is."""
+    peer = peers()
+    agent, log = make_agent(flags=flags)
+    msg, res, before = run(agent, queue, peer, body=LOOP_BODY)
+    assert res.status == 0
+    assert queue.done_recipients(QID) == [RCPT]
+    if flags:
+        assert len(recipient_line(log, RCPT, "smtp", "5.4.6", "bounced",
+                                  "mail forwarding loop for %s" % RCPT)) == 1, log.lines
+        assert not peer.sessions                       # refused before any connection
+    else:
+        assert len(recipient_line(log, RCPT, relay(peer), "2.0.0", "sent",
+                                  "250 2.0.0 Ok: queued as PEER")) == 1, log.lines
+        assert peer.wait_messages(1, timeout=5)
