@@ -140,20 +140,32 @@ class Engine:
         self.msg_hook = None
         self._msg_cb = _ffi.callback("void(int, int, int, void *, size_t, SSL *, void *)",
                                      self._on_msg)
+        self._verify_cb = _ffi.callback("int (*)(int, X509_STORE_CTX *)", self._on_verify)
         self.scache = None
         self._make_context(None, None, [])        # fail now, as tls_client_init() does
         if config.session_cache_database.strip():
             from .scache import SessionCache
             self.scache = SessionCache(config, self.log)
 
-    def _on_verify(self, conn, cert, errnum, depth, ok):
+    def _on_verify(self, ok, store_ctx):
+        """OpenSSL's verify callback, as stock's: accept (the policy decides
+        after the handshake) but leave the error in the store context.
+        pyOpenSSL's set_verify() wrapper resets it to X509_V_OK, and with it
+        SSL_get_verify_result(), which is all a resumed session (the cached
+        copy included) has to say about its certificate."""
         hook = self.verify_hook
         if hook is not None:
             try:
-                hook(conn, cert, errnum, depth, ok)
+                cert = None
+                x509 = _lib.X509_STORE_CTX_get_current_cert(store_ctx)
+                if x509 != _ffi.NULL:
+                    _lib.X509_up_ref(x509)
+                    cert = crypto.X509._from_raw_x509_ptr(x509)
+                hook(None, cert, _lib.X509_STORE_CTX_get_error(store_ctx),
+                     _lib.X509_STORE_CTX_get_error_depth(store_ctx), ok)
             except Exception:
                 pass
-        return True
+        return 1
 
     @staticmethod
     def _on_info(conn, where, ret):
@@ -232,7 +244,7 @@ class Engine:
                 ctx.set_cipher_list(cipher_string.encode())
             except SSL.Error:
                 return None
-        ctx.set_verify(SSL.VERIFY_NONE, self._on_verify)
+        _lib.SSL_CTX_set_verify(ctx._context, _lib.SSL_VERIFY_NONE, self._verify_cb)
         _lib.SSL_CTX_set_msg_callback(ctx._context, self._msg_cb)
         if c.log_mask & (LOG_DEBUG | LOG_TLSPKTS):
             ctx.set_info_callback(self._on_info)
@@ -297,10 +309,11 @@ class Engine:
                 raise TlsEngineError("key") from None
             try:
                 ctx.check_privatekey()
-            except SSL.Error as exc:
+            except SSL.Error:
+                # stock logs no OpenSSL errors here (tls_certkey.c)
+                _lib.ERR_clear_error()
                 self.log.warning("%s private key in %s does not match public key in %s: "
                                  "disabling TLS support" % (kind, key or cert, cert))
-                _log_ssl_error(self.log, exc)
                 raise TlsEngineError("keypair") from None
 
 
@@ -318,10 +331,19 @@ def _pem_blocks(data: bytes, label: bytes) -> list:
 
 def engine(config: TlsConfig, log=None) -> Engine:
     """The process's TLS engine (created on first use, kept on the config);
-    TlsEngineError when stock would have disabled TLS support at start-up."""
+    TlsEngineError when stock would have disabled TLS support at start-up.
+    A failure is kept too: stock runs tls_client_init() once per process, so
+    its warnings are logged once, not again at every STARTTLS."""
     e = config.__dict__.get("_engine")
     if e is None:
-        e = Engine(config, log)
+        failed = config.__dict__.get("_engine_failed")
+        if failed is not None:
+            raise TlsEngineError(failed)
+        try:
+            e = Engine(config, log)
+        except TlsEngineError as exc:
+            config.__dict__["_engine_failed"] = str(exc)
+            raise
         config.__dict__["_engine"] = e
     return e
 

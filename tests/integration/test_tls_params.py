@@ -561,10 +561,6 @@ def test_mismatched_client_key_disables_tls(group):
                              r"\S+: disabling TLS support$", ln) for ln in r.lines), r.lines
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent logs the warning twice (engine() retries a failed engine at start-up and again "
-    "at STARTTLS) plus a 'TLS library problem' line stock does not log; "
-    "fix: /tmp/tlsparams-engine-once.patch (postfix_smtp/tls/client.py)"))
 def test_mismatched_client_key_logged_as_stock(group):
     same(group, "cc-badkey")
 
@@ -769,10 +765,6 @@ def test_session_cache_timeout_zero_disables_resumption(cache_runs):
         assert sum(1 for ln in run if "Reusing old session" in ln) == 1, run
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a resumed session is logged 'Trusted' where stock says 'Untrusted': pyOpenSSL's "
-    "verify-callback wrapper resets the chain error to X509_V_OK, so the cached session's "
-    "verify result is OK; fix: /tmp/tlsparams-verify-result.patch (postfix_smtp/tls/client.py)"))
 def test_resumed_session_keeps_the_verification_result(cache_runs):
     """With the default timeout the second delivery resumes the first
     session; its certificate (not trusted: no CAfile) stays untrusted, as
