@@ -50,8 +50,22 @@ class Wrapper:
             env.append(("PYTHONPATH", self.pythonpath))
         for name, value in env:
             lines.append("%s=%s; export %s" % (name, shlex.quote(value), name))
-        flags = "" if self.pythonpath else " -I"
-        lines.append('exec %s%s -m postfix_smtp "$@"' % (shlex.quote(self.python), flags))
+        py = shlex.quote(self.python)
+        if self.pythonpath:
+            lines.append('exec %s -m postfix_smtp "$@"' % py)
+        else:
+            dirs = _package_dirs(self.python)
+            if dirs:
+                # -S skips site.py and the .pth files (about 10 ms of every
+                # process start); the directories it would add that hold the
+                # package and its dependencies are put on sys.path instead
+                import json
+                code = ("import sys; sys.path[1:1] = %s; "
+                        "from postfix_smtp.master.server import main; "
+                        "sys.exit(main(sys.argv))" % json.dumps(dirs))
+                lines.append('exec %s -I -S -c %s "$@"' % (py, shlex.quote(code)))
+            else:
+                lines.append('exec %s -I -m postfix_smtp "$@"' % py)
         return "\n".join(lines) + "\n"
 
     def write(self, path: str) -> None:
@@ -60,6 +74,24 @@ class Wrapper:
             f.write(self.render())
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
+
+
+def _package_dirs(python: str) -> list:
+    """The site directories of *python* when the package is installed there
+    (not an editable install, whose path only a .pth file knows), else []."""
+    probe = ("import json, os, sysconfig; p = sysconfig.get_paths(); "
+             "d = [p['purelib']] + ([p['platlib']] if p['platlib'] != p['purelib'] else []); "
+             "print(json.dumps(d if os.path.isfile(os.path.join(p['purelib'], "
+             "'postfix_smtp', 'master', 'server.py')) else []))")
+    import json
+    import subprocess
+    try:
+        out = subprocess.run([python, "-I", "-c", probe], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        dirs = json.loads(out)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return []
+    return [d for d in dirs if isinstance(d, str) and os.path.isabs(d)]
 
 
 def master_cf_lines(command: str, services: tuple[str, ...] = ("smtp", "relay"),
