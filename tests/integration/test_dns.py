@@ -11,7 +11,12 @@ port; mail is routed by recipient domain (``smtp_tcp_port`` = that port, or
 For every scenario domain the two runs must agree on: the final
 per-recipient outcome (relay, DSN code, status, reason text), the
 ``connect to ...`` attempts in order (where stock is deterministic), and
-which peers received the message.
+which peers received the message; for the scripted peers (sess.test,
+greet.test: smtp_mx_session_limit) also how many sessions each one saw.
+
+inet_interfaces only accepts addresses of local interfaces, so its loop
+case uses the host's own non-loopback IPv4 address (skipped without one);
+proxy_interfaces takes any address (127.0.0.52).
 """
 
 from __future__ import annotations
@@ -65,6 +70,75 @@ def _ip(n: int) -> str:
 
 UP = {21, 22, 23, 24, 26, 27, 28, 30}       # addresses with a listening peer
 DOWN = {11, 12, 13, 25, 29}                  # addresses nobody listens on
+SESS = [41, 42, 43, 44, 45]    # sess.test's MX hosts: a session, then MAIL FROM gets 451
+GREET = [46, 47, 48, 49]       # greet.test's MX hosts: 421 greeting
+SELF_PROXY = 52                # in proxy_interfaces ("interfaces" group)
+
+
+def local_ipv4_addresses():
+    """The primary IPv4 address of each local interface except loopback."""
+    import fcntl
+    import struct
+    out = []
+    for _, name in socket.if_nameindex():
+        s = socket.socket()
+        try:
+            r = fcntl.ioctl(s.fileno(), 0x8915,            # SIOCGIFADDR
+                            struct.pack("256s", name.encode()[:15]))
+            a = socket.inet_ntoa(r[20:24])
+            if not a.startswith("127."):
+                out.append(a)
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return out
+
+
+def local_ipv6_addresses():
+    """Global-scope IPv6 addresses of the local interfaces, usable as a source."""
+    out = []
+    try:
+        with open("/proc/net/if_inet6") as f:
+            rows = [ln.split() for ln in f]
+    except OSError:
+        return out
+    for row in rows:
+        if len(row) < 6 or row[3] != "00" or int(row[4], 16) & 0x48:   # tentative/dadfailed
+            continue
+        a = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(row[0]))
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            s.bind((a, 0))
+            out.append(a)
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return out
+
+
+_SELF_INET = []
+
+
+def self_inet():
+    """A local non-loopback IPv4 address, free on port 25, for inet_interfaces
+    (Postfix insists on an address of a local interface there, so an extra
+    127.0.0.x will not do), or None."""
+    if not _SELF_INET:
+        _SELF_INET.append(next((a for a in local_ipv4_addresses() if port_free_on([a], 25)),
+                               None))
+    return _SELF_INET[0]
+
+
+def _scripted_peers():
+    """Addresses whose peer (shared port only) follows its own script."""
+    out = {}
+    for n in SESS:
+        out[n] = PeerScript(mail_reply="451 4.3.0 mailbox temporarily unavailable")
+    for n in GREET:
+        out[n] = PeerScript(greeting="421 4.3.2 service not available, closing channel")
+    return out
 
 ZONES = [
     # two preferences, the best one dead
@@ -121,6 +195,32 @@ ZONES = [
     ("primary.backup.test", "A", [_ip(29)]),
     ("never.backup.test", "A", [_ip(30)]),
     ("hostloop.test", "A", ["127.0.0.1"]),
+    # smtp_mx_session_limit: five MX hosts (distinct preferences: a fixed order)
+    # that complete the handshake, then refuse MAIL FROM with 451: each
+    # session counts towards the limit
+    ("sess.test", "MX", ["%d mx%d.sess.test." % (10 * (i + 1), i + 1) for i in range(5)]),
+] + [("mx%d.sess.test" % (i + 1), "A", [_ip(n)]) for i, n in enumerate(SESS)] + [
+    # four MX hosts with a 421 greeting: handshake failures do not count
+    ("greet.test", "MX", ["%d mx%d.greet.test." % (10 * (i + 1), i + 1) for i in range(4)]),
+] + [("mx%d.greet.test" % (i + 1), "A", [_ip(n)]) for i, n in enumerate(GREET)] + [
+    # smtp_randomize_addresses = no: five dead addresses of equal preference,
+    # tried in DNS order (a shuffle keeps that order with probability 1/120)
+    ("order.test", "MX", ["10 o1.order.test.", "10 o2.order.test.", "10 o3.order.test.",
+                          "10 o4.order.test."]),
+    ("o1.order.test", "A", [_ip(11), _ip(12)]),
+    ("o2.order.test", "A", [_ip(13)]),
+    ("o3.order.test", "A", [_ip(25)]),
+    ("o4.order.test", "A", [_ip(29)]),
+    # smtp_balance_inet_protocols: two dead IPv4 addresses and ::1 (refused),
+    # smtp_mx_address_limit = 2, IPv4 preferred
+    ("bal.test", "MX", ["10 mx.bal.test."]),
+    ("mx.bal.test", "A", [_ip(11), _ip(12)]),
+    ("mx.bal.test", "AAAA", ["::1"]),
+    # inet_interfaces / proxy_interfaces: an MX host on an address listed there
+    # (mx.ifself.test's A record: self_inet(), added by the world fixture)
+    ("ifself.test", "MX", ["10 mx.ifself.test."]),
+    ("proxyself.test", "MX", ["10 mx.proxyself.test."]),
+    ("mx.proxyself.test", "A", [_ip(SELF_PROXY)]),
 ]
 
 BEHAVIOUR = [
@@ -137,7 +237,7 @@ GROUPS = {
                 ["pref.test", "plain.test", "cname.test", "null.test", "nxdomain.test",
                  "servfail.test", "formerr.test", "refused.test", "dead.test", "noaddr.test",
                  "slow.test", "garbage.test", "tc.test", "badname.test", "mixed.test",
-                 "deaddns.test", "mxfail.test"]),
+                 "deaddns.test", "mxfail.test", "sess.test", "greet.test", "order.test"]),
     "tuned": ({"smtp_randomize_addresses": "no", "smtp_mx_address_limit": "2",
                "smtp_defer_if_no_mx_address_found": "yes", "ignore_mx_lookup_error": "yes"},
               None, ["dead.test", "noaddrsoft.test", "mxfail.test"]),
@@ -146,7 +246,22 @@ GROUPS = {
     "fallback": ({"smtp_fallback_relay": "[%s]:{port}" % _ip(21)}, None,
                  ["nxdomain.test", "null.test"]),
     "loop": ({"smtp_randomize_addresses": "no"}, 25,
-             ["loop.test", "backup.test", "hostloop.test"]),
+             ["loop.test", "backup.test", "hostloop.test", "ifself.test", "proxyself.test"]),
+    "interfaces": ({"smtp_randomize_addresses": "no",
+                    "inet_interfaces": "127.0.0.1, {self_inet}",
+                    "proxy_interfaces": _ip(SELF_PROXY)}, 25,
+                   ["ifself.test", "proxyself.test", "loop.test"]),
+    "sessions3": ({"smtp_mx_session_limit": "3", "smtp_randomize_addresses": "no",
+                   "smtp_cname_overrides_servername": "yes"}, None,
+                  ["sess.test", "greet.test", "cname.test"]),
+    "balanced": ({"inet_protocols": "all", "smtp_address_preference": "ipv4",
+                  "smtp_mx_address_limit": "2", "smtp_randomize_addresses": "no"}, None,
+                 ["bal.test"]),
+    "unbalanced": ({"inet_protocols": "all", "smtp_address_preference": "ipv4",
+                    "smtp_mx_address_limit": "2", "smtp_randomize_addresses": "no",
+                    "smtp_balance_inet_protocols": "no"}, None, ["bal.test"]),
+    # the 2.x name: smtp_fallback_relay defaults to $fallback_relay
+    "fallback_old": ({"fallback_relay": "[%s]:{port}" % _ip(21)}, None, ["nxdomain.test"]),
     "random": ({}, None, ["rand.test"]),
     "bestmx": ({"best_mx_transport": "error:5.1.2 best mx loop"}, 25, ["loop.test"]),
 }
@@ -168,11 +283,15 @@ def _host_domain(host: str) -> str:
 
 
 class Run:
-    def __init__(self, lines, peers, queries, elapsed):
+    def __init__(self, lines, peers, queries, elapsed, sessions=None):
         self.lines = lines
         self.peers = peers
         self.queries = queries
         self.elapsed = elapsed
+        self.sessions = sessions or {}     # (n, port) -> sessions that peer saw
+
+    def session_counts(self, addrs, port):
+        return [self.sessions.get((n, port), 0) for n in addrs]
 
     def outcome(self, domain):
         for ln in self.lines:
@@ -197,7 +316,8 @@ def run_group(tmp_base, name, agent, dns_ns, port, main_cf, domains, tag):
     cf = {"minimal_backoff_time": "300s", "maximal_backoff_time": "300s",
           "smtp_tcp_port": str(port), "smtp_connect_timeout": "5s",
           "delay_warning_time": "0"}
-    cf.update({k: v.replace("{port}", str(port)) for k, v in main_cf.items()})
+    cf.update({k: v.replace("{port}", str(port)).replace("{self_inet}", self_inet() or "")
+               for k, v in main_cf.items()})
     base = os.path.join(tmp_base, "%s-%s" % (name, tag))
     os.makedirs(base, mode=0o755)
     inst = ResolverPostfixInstance(base, agent=agent, main_cf=cf, max_lifetime=300,
@@ -231,7 +351,10 @@ def world():
     for name, kind, arg in BEHAVIOUR:
         getattr(srv, kind)(name, *([] if arg is None else [arg]))
     srv.fail("mxfail.test", "SERVFAIL", rdtype="MX")     # its A record still answers
-    addrs = [_ip(n) for n in sorted(UP | DOWN)]
+    if self_inet():
+        srv.add("mx.ifself.test", "A", self_inet())
+    scripted = _scripted_peers()
+    addrs = [_ip(n) for n in sorted(UP | DOWN | set(scripted))]
     port = None
     for _ in range(50):
         s = socket.socket()
@@ -242,7 +365,7 @@ def world():
             port = cand
             break
     assert port, "no common free port"
-    if not port_free_on([_ip(n) for n in UP] + [_ip(n) for n in DOWN], 25):
+    if not port_free_on([_ip(n) for n in sorted(UP | DOWN | {SELF_PROXY})], 25):
         pytest.skip("port 25 is busy on 127.0.0.x")
     peers = {}
     for n in sorted(UP):
@@ -250,6 +373,10 @@ def world():
             peer = FixedPortPeer(PeerScript(), host=_ip(n), port=p, max_lifetime=900)
             peer.start()
             peers[(n, p)] = peer
+    for n, script in sorted(scripted.items()):
+        peer = FixedPortPeer(script, host=_ip(n), port=port, max_lifetime=900)
+        peer.start()
+        peers[(n, port)] = peer
     yield srv, ns, port, peers
     for peer in peers.values():
         peer.stop()
@@ -268,14 +395,16 @@ def _run_both(world, tmp_base, agent_wrapper, group):
         nq = len(srv.queries)
         lines, elapsed = run_group(tmp_base, group, agent, ns, gport, main_cf, domains, tag)
         got = {}
+        counts = {}
         for (n, p), peer in peers.items():
+            counts[(n, p)] = len(peer.sessions)
             for sess in peer.sessions:
                 for env in getattr(sess, "envelopes", []):
                     for rc in env.rcpts:
                         m = re.search(r"@([\w.]+)>", rc)
                         if m:
                             got.setdefault(m.group(1), []).append((_ip(n), p))
-        runs[tag] = Run(lines, got, srv.queries[nq:], elapsed)
+        runs[tag] = Run(lines, got, srv.queries[nq:], elapsed, counts)
     return runs
 
 
@@ -327,6 +456,18 @@ def test_default_group_matches_stock(world, tmp_base, agent_wrapper):
     assert ours.warnings("no MX host for noaddr.test has a valid address record")
     assert ours.warnings("no MX host for badname.test has a valid address record") == \
         runs["stock"].warnings("no MX host for badname.test has a valid address record")
+    # smtp_randomize_addresses = no: equal preferences in DNS order, also the
+    # two addresses of one host (stock shuffles the whole list when "yes")
+    assert [c[1] for c in ours.connects("order.test")] == [_ip(n) for n in (11, 12, 13, 25, 29)]
+    # smtp_mx_session_limit (default 2): sessions that reached MAIL FROM count,
+    # 421 greetings do not (stock: "Don't count handshake errors")
+    port = world[2]
+    for tag in ("stock", "agent"):
+        assert runs[tag].session_counts(SESS, port) == [1, 1, 0, 0, 0], tag
+        assert runs[tag].session_counts(GREET, port) == [1, 1, 1, 1], tag
+    assert ours.outcome("sess.test")[1:] == (
+        "4.3.0", "deferred", "host mx2.sess.test[%s] said: 451 4.3.0 mailbox temporarily "
+                             "unavailable (in reply to MAIL FROM command)" % _ip(42))
 
 
 def test_limits_and_lookup_error_options_match_stock(world, tmp_base, agent_wrapper):
@@ -358,6 +499,63 @@ def test_mail_loops_match_stock(world, tmp_base, agent_wrapper):
                                              "mail for loop.test loops back to myself")
     # backup MX: only the better MX is tried, never the worse one
     assert [c[1] for c in ours.connects("backup.test")] == [_ip(29)]
+    # not in inet_interfaces / proxy_interfaces here: tried like any host
+    # (the "interfaces" group lists them: a loop there)
+    mine = [("proxyself.test", _ip(SELF_PROXY))]
+    if self_inet():
+        mine.append(("ifself.test", self_inet()))
+    for d, a in mine:
+        assert ours.outcome(d)[1:3] == ("4.4.1", "deferred"), d
+        assert [c[1] for c in ours.connects(d)] == [a], d
+
+
+def test_inet_and_proxy_interfaces_are_myself_like_stock(world, tmp_base, agent_wrapper):
+    runs = _run_both(world, tmp_base, agent_wrapper, "interfaces")
+    _compare(runs, GROUPS["interfaces"][2])
+    ours = runs["agent"]
+    mine = ["proxyself.test", "loop.test"] + (["ifself.test"] if self_inet() else [])
+    for d in mine:
+        assert ours.outcome(d)[1:] == ("5.4.6", "bounced", "mail for %s loops back to myself" % d)
+        assert not ours.connects(d), d
+    if not self_inet():      # proxy_interfaces was checked; say what was not
+        pytest.skip("inet_interfaces part: no local non-loopback IPv4 address free on port 25")
+
+
+def test_mx_session_limit_and_cname_override_match_stock(world, tmp_base, agent_wrapper):
+    """smtp_mx_session_limit = 3 (the default run is 2, see the default
+    group) and smtp_cname_overrides_servername = yes (default: the MX name)."""
+    runs = _run_both(world, tmp_base, agent_wrapper, "sessions3")
+    _compare(runs, GROUPS["sessions3"][2])
+    port = world[2]
+    for tag in ("stock", "agent"):
+        assert runs[tag].session_counts(SESS, port) == [1, 1, 1, 0, 0], tag
+        assert runs[tag].session_counts(GREET, port) == [1, 1, 1, 1], tag
+    ours = runs["agent"]
+    assert ours.outcome("sess.test")[3].startswith("host mx3.sess.test[%s] said: 451" % _ip(43))
+    assert ours.outcome("greet.test")[3].startswith(
+        "host mx4.greet.test[%s] refused to talk to me: 421" % _ip(49))
+    assert ours.outcome("cname.test")[:3] == ("real.cname.test[%s]:%d" % (_ip(23), port),
+                                              "2.0.0", "sent")
+
+
+def test_balance_inet_protocols_matches_stock(world, tmp_base, agent_wrapper):
+    """Two IPv4 addresses before ::1, smtp_mx_address_limit = 2: balanced
+    (the default) tries one of each family, unbalanced the two IPv4 ones."""
+    on = _run_both(world, tmp_base, agent_wrapper, "balanced")
+    off = _run_both(world, tmp_base, agent_wrapper, "unbalanced")
+    _compare(on, ["bal.test"])
+    _compare(off, ["bal.test"])
+    assert [c[1] for c in on["agent"].connects("bal.test")] == [_ip(11), "::1"]
+    assert [c[1] for c in off["agent"].connects("bal.test")] == [_ip(11), _ip(12)]
+
+
+def test_fallback_relay_old_name_matches_stock(world, tmp_base, agent_wrapper):
+    """fallback_relay (Postfix < 2.3), read through smtp_fallback_relay's
+    default $fallback_relay; without it nxdomain.test bounces (default group)."""
+    runs = _run_both(world, tmp_base, agent_wrapper, "fallback_old")
+    _compare(runs, ["nxdomain.test"])
+    assert runs["agent"].outcome("nxdomain.test")[:3] == (
+        "%s[%s]:%d" % (_ip(21), _ip(21), world[2]), "2.0.0", "sent")
 
 
 def test_best_mx_transport_matches_stock(world, tmp_base, agent_wrapper):
