@@ -68,12 +68,17 @@ class Agent:
         session_maps = [name for name in SESSION_TABLE_PARAMS
                         if p is not None and p.sget(name).strip()]
         filters = [name for name in FILTER_PARAMS if p is not None and p.sget(name).strip()]
-        if not (need_tls or need_content or session_maps or filters):
+        dns_filter = self.s.lookup.dns_reply_filter
+        if not (need_tls or need_content or session_maps or filters or dns_filter):
             return
         from .maps import OpenContext, open_maps
         self.tables = OpenContext(tls.params if tls is not None else p, self.log)
         if filters:
             self._open_filters(p, filters)
+        if dns_filter:
+            from .dns.rrfilter import open_filter
+            self.resolver.rr_filter = open_filter(dns_filter, p, p.p("smtp_dns_reply_filter"),
+                                                  self.log, ctx=self.tables)
         for name in session_maps:
             maps = open_maps(p.sget(name), p, title=p.p(name), log=self.log, ctx=self.tables)
             setattr(self.s, SESSION_TABLE_PARAMS[name], maps)

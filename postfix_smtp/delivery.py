@@ -629,7 +629,9 @@ class Delivery:
         if self.tls_resolver is None:
             from .tls.policy import PolicyResolver
             cfg.ensure_tables(self.log)
-            self.tls_resolver = PolicyResolver(cfg, self.log)
+            # DANE's TLSA lookups share the resolver (and smtp_dns_reply_filter)
+            self.tls_resolver = PolicyResolver(cfg, self.log,
+                                               dns=getattr(self.resolver, "dns", None))
         # DANE: the MX record and this address record (stock iter->mx, iter->rr)
         policy = self.tls_resolver.resolve(dest.text, ep.host, ep.port,
                                             getattr(ep, "mx", None), getattr(ep, "rr", None))

@@ -379,9 +379,6 @@ class LookupConfig(_Plain):
             mxpol = p.get("smtp_tls_dane_insecure_mx_policy").strip().lower()
             insecure_mx_dnssec = mxpol in ("encrypt", "dane")
         dns_filter = p.sget("smtp_dns_reply_filter").strip()
-        if dns_filter:
-            warnings.append("%s is set but not yet supported by postfix_smtp; ignored"
-                            % p.p("smtp_dns_reply_filter"))
         return cls(
             smtp_mode=personality == "smtp",
             dns_support=support,
@@ -587,6 +584,7 @@ class AddressResolver:
         self._native = native or _getaddrinfo
         self._own = own
         self._mx = None
+        self.rr_filter = None         # dns.rrfilter.RrFilter, opened by the Agent
 
     # -- collaborators --------------------------------------------------------
     @property
@@ -594,7 +592,7 @@ class AddressResolver:
         if self._dns is None:
             from .dns.lookup import Resolver
             self._dns = Resolver(warn=self.warn, defnames=self.cfg.res_defnames,
-                                 dnsrch=self.cfg.res_dnsrch)
+                                 dnsrch=self.cfg.res_dnsrch, rr_filter=self.rr_filter)
         return self._dns
 
     def own(self) -> Tuple[List[str], List[str]]:

@@ -133,7 +133,8 @@ class Resolver:
 
     def __init__(self, conf: Optional[Callable[[], ResolvConf]] = None,
                  query: Optional[Query] = None, warn: Optional[Warn] = None,
-                 defnames: bool = False, dnsrch: bool = False) -> None:
+                 defnames: bool = False, dnsrch: bool = False, rr_filter=None) -> None:
+        self.rr_filter = rr_filter      # dns.rrfilter.RrFilter (smtp_dns_reply_filter)
         if conf is None:
             from .resolvconf import load as conf
         self._conf = conf
@@ -169,6 +170,8 @@ class Resolver:
                 return DnsResult(DNS_RETRY, why=why)
             status, rrs, cname = self._get_answer(orig, reply, qtype, name)
             if status == DNS_OK:
+                if self.rr_filter is not None:
+                    return self._filtered(rrs, name, qtype)
                 return DnsResult(DNS_OK, rrs)
             if status == DNS_NULLMX:
                 return DnsResult(DNS_NULLMX, why="Domain %s does not accept mail (nullMX)" % name)
@@ -181,6 +184,18 @@ class Resolver:
                                          "unexpected name server reply" % (name, strtype(qtype)))
         self.warn("dns_lookup: Name server loop for %s" % name)
         return DnsResult(DNS_NOTFOUND, why="Name server loop for %s" % name)
+
+    def _filtered(self, rrs: List[RR], name: str, qtype: int) -> DnsResult:
+        from .rrfilter import FilterError
+        try:
+            rrs = self.rr_filter.apply(rrs)
+        except FilterError:
+            return DnsResult(DNS_RETRY, why="Error looking up name=%s type=%s: Invalid DNS "
+                                            "reply filter syntax" % (name, strtype(qtype)))
+        if not rrs:
+            return DnsResult(DNS_POLICY, why="Error looking up name=%s type=%s: DNS reply "
+                                             "filter drops all results" % (name, strtype(qtype)))
+        return DnsResult(DNS_OK, rrs)
 
     def _valid_rr_name(self, text: str, location: str, rtype: int, qname: str) -> bool:
         if valid_hostaddr(text)[0]:

@@ -149,6 +149,7 @@ JAIL_PRELOAD = (
     "postfix_smtp.tls.dane",
     "postfix_smtp.dns",
     "postfix_smtp.dns.lookup",
+    "postfix_smtp.dns.rrfilter",
     "postfix_smtp.dns.client",
     "postfix_smtp.maps",
     "postfix_smtp.tls",
