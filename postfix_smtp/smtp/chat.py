@@ -326,20 +326,33 @@ class Chat:
             if self.log.verbose:
                 self.log.info("> %s: %s" % (self.where, line))
 
-    def received(self, reply: "Any") -> None:
-        """A complete reply (postfix_smtp.smtp.reply.Reply)."""
+    def received(self, reply: "Any", replaced: "Optional[list]" = None) -> None:
+        """A complete reply (postfix_smtp.smtp.reply.Reply).  ``replaced``:
+        (server line, replacement) pairs from smtp_reply_filter, oldest first;
+        those of this reply's lines are taken off the list.  The server's line
+        is what is logged and recorded, followed in the history by
+        "Replaced-by:" and the replacement."""
         lines = reply.lines
-        if self.record:
-            self.history.extend("In:  " + line for line in lines)
+        shown = lines
         if self.log.verbose:
             last = reply.last_line
             if last is not None and (not lines or lines[-1] != last):
-                lines = list(lines) + [last]
-            for line in lines:
-                raw = line.encode("utf-8", "surrogateescape")
+                shown = list(lines) + [last]
+        for i, line in enumerate(shown):
+            orig = None
+            if replaced and replaced[0][1] == line:
+                orig = replaced.pop(0)[0]
+            if self.record and i < len(lines):
+                if orig is None:
+                    self.history.append("In:  " + line)
+                else:
+                    self.history += ["In:  " + orig, "Replaced-by: ", "     " + line]
+            if self.log.verbose:
+                text = line if orig is None else orig
+                raw = text.encode("utf-8", "surrogateescape")
                 if len(raw) > LOG_REPLY_BYTES:
-                    line = raw[:LOG_REPLY_BYTES].decode("utf-8", "surrogateescape")
-                self.log.info("< %s: %s" % (self.where, line))
+                    text = raw[:LOG_REPLY_BYTES].decode("utf-8", "surrogateescape")
+                self.log.info("< %s: %s" % (self.where, text))
         if reply.garbled:
             self.error_mask |= MAIL_ERROR_PROTOCOL
 

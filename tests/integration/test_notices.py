@@ -181,3 +181,16 @@ def test_debug_peer_not_listed_logs_no_transcript(tmp_base, agent_wrapper):
                   {"debug_peer_list": "!127.0.0.1, 0.0.0.0/0"}, notice=False)
         assert [ln for ln in out["log"] if "to=<bob@" in ln and "status=sent" in ln], name
         assert out["chats"] == [], name
+
+
+def test_reply_filter_replacement_in_notice_as_stock(tmp_base, agent_wrapper):
+    rules = os.path.join(tmp_base, "reply_filter")
+    with open(rules, "w") as f:
+        f.write("/^250 2\\.1\\.5 Ok$/ 500 5.5.1 filtered\n")
+    os.chmod(rules, 0o644)
+    cf = {"notify_classes": "protocol", "debug_peer_list": "127.0.0.1",
+          "smtp_reply_filter": "regexp:" + rules}
+    ours, stock = both(tmp_base, agent_wrapper, PeerScript, cf, notice=True)
+    assert normalise_notice(ours["notice"]) == normalise_notice(stock["notice"])
+    assert " In:  250 2.1.5 Ok\n Replaced-by:\n      500 5.5.1 filtered\n" in ours["notice"]
+    assert first_session(ours["chats"]) == first_session(stock["chats"])

@@ -405,3 +405,16 @@ def test_session_end_posts_only_when_due(tmp_path, monkeypatch):
     c.data_error()
     assert c.session_end("a@b")
     assert sent == [(["Out: EHLO me"], WHERE)]
+
+
+def test_reply_filter_replacements_in_history_and_log():
+    log = Log(verbose=1)
+    c = Chat(log, WHERE, _cfg())
+    replaced = [("250-mx says hi", "250-mx")]
+    c.received(replies(b"250-mx\r\n250 SIZE\r\n")[0], replaced)
+    assert replaced == []
+    assert c.history == ["In:  250-mx says hi", "Replaced-by: ", "     250-mx", "In:  250 SIZE"]
+    assert log.texts("info") == ["< %s: 250-mx says hi" % WHERE, "< %s: 250 SIZE" % WHERE]
+    ns = NoticeSettings(myhostname="h")
+    assert compose_notice(c.history, WHERE, ns)[8:12] == [
+        " In:  250-mx says hi", " Replaced-by:", "      250-mx", " In:  250 SIZE"]
