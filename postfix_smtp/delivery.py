@@ -26,7 +26,7 @@ from .smtp.content import TextEncoder
 from .smtp.protocol import (EHLO_MASK_NAMES, IN_REPLY_TO, STAGE_INFO, Features, Stage, Transaction,
                             greeting_says_esmtp, parse_ehlo)
 from .smtp.reply import Reply, ReplyParser
-from .smtp.session import Connection, ConnectError, Endpoint, SessionError, connect
+from .smtp.session import BindError, Connection, ConnectError, Endpoint, SessionError, connect
 
 CONTENT_CHUNK = 65536
 
@@ -418,6 +418,31 @@ class Delivery:
                 self.status |= self.rep.defer(rcpt, "none", Dsn(status="4.3.0", reason=failure))
             self.todo.remove(rcpt)
 
+    def _source_address(self, ep: Endpoint):
+        """(address to bind, enforce) for a connection to ``ep``: the
+        smtp_bind_address(6) of that family (enforced with
+        smtp_bind_address_enforce), else, as stock's "virtual host" binding,
+        the only inet_interfaces address of that family unless it is a
+        loopback address; (None, False) lets the kernel choose."""
+        s = self.s
+        if ep.family == 2:
+            configured = s.bind_address
+        elif ep.family == 10:
+            configured = s.bind_address6
+        else:
+            return None, False
+        if configured:
+            return configured, s.bind_address_enforce
+        # "all" lists the loopback address (and, with IPv6, a link-local one)
+        # besides any other: never exactly one usable address of a family
+        if any(x.lower() in ("all", "loopback-only") for x in s.lookup.inet_interfaces):
+            return None, False
+        v6 = ep.family == 10
+        own = [a for a in destinations.own_addresses(s.lookup)[0] if (":" in a) == v6]
+        if len(own) == 1 and not (own[0] == "::1" if v6 else own[0].startswith("127.")):
+            return own[0], False
+        return None, False
+
     # --- one server -----------------------------------------------------------------
     def _try_server(self, ep: Endpoint, final: bool, last_site: bool,
                     sess_limit: int, sess_count: int, dest=None, cached=None) -> None:
@@ -438,9 +463,13 @@ class Delivery:
                     if conn is not None:
                         self._cached_addrs.add((ep.addr, ep.port))
         if conn is None:
-            bind = s.bind_address if ep.family == 2 else s.bind_address6
+            bind, enforce = self._source_address(ep)
             try:
-                sock = connect(ep, s.connect_timeout, bind or None)
+                sock = connect(ep, s.connect_timeout, bind, enforce, self.log.warning)
+            except BindError:
+                # stock: the next address is tried; no "connect to" line
+                self.why = Failure("4.4.0", "server configuration error")
+                return
             except ConnectError as exc:
                 text = "connect to %s: %s" % (ep.namaddrport, exc.text)
                 self.log.info(text)

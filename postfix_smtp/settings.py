@@ -73,6 +73,7 @@ class Settings:
     address_verify_target: str
     verify_negative_cache: bool
     relayhost: str
+    bind_address_enforce: bool = False   # smtp_bind_address_enforce
     tls: object = None               # postfix_smtp.tls.config.TlsConfig (None: no TLS at all)
     lookup: LookupConfig = field(default_factory=LookupConfig)
     best_mx_transport: str = ""
@@ -179,6 +180,7 @@ class Settings:
             inet_protocols=[x.lower() for x in p.get_list("inet_protocols")],
             bind_address=p.sget("smtp_bind_address").strip("[]"),
             bind_address6=p.sget("smtp_bind_address6").strip("[]"),
+            bind_address_enforce=p.sbool("smtp_bind_address_enforce"),
             address_verify_target=p.sget("smtp_address_verify_target").lower(),
             verify_negative_cache=p.get_bool("address_verify_negative_cache"),
             relayhost=p.get("relayhost"),

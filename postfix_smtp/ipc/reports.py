@@ -50,23 +50,40 @@ class Reporter:
 
     # --- transport ---------------------------------------------------------
     def _append(self, service: str, rcpt: Recipient, dsn: Dsn) -> int:
+        """mail_command_client(): one APPEND request, stock's warning for the
+        step that failed (connect, read, write, write/read)."""
         path = "private/" + service
         try:
             stream = AttrStream.connect_unix(path, self.s.ipc_timeout)
         except IpcError as exc:
-            self.log.warning(str(exc))
+            self.log.warning(str(exc))            # "connect to private/NAME: ..."
             return -1
+        where = path + " socket"
         try:
-            stream.expect_protocol(BOUNCE_PROTOCOL)
-            stream.send([("nrequest", APPEND), ("flags", self.req.trace_flags),
-                         ("queue_id", self.req.queue_id)] + rcpt.attrs() + dsn.attrs())
-            reply = stream.receive()
-            if len(reply) != 1 or reply[0][0] != "status":
-                raise IpcError("malformed reply from %s" % path)
+            try:
+                stream.expect_protocol(BOUNCE_PROTOCOL)
+            except IpcError as exc:
+                if _timed_out(exc) and not stream.decoder.pending:
+                    # stock's attr_scan() takes a timeout before the first byte
+                    # for an empty answer; the write after it reports the error
+                    self.log.warning("write %s: Connection timed out" % where)
+                else:
+                    self.log.warning("read %s: %s" % (where, _ipc_detail(exc)))
+                return -1
+            try:
+                stream.send([("nrequest", APPEND), ("flags", self.req.trace_flags),
+                             ("queue_id", self.req.queue_id)] + rcpt.attrs() + dsn.attrs())
+            except IpcError as exc:
+                self.log.warning("write %s: %s" % (where, _ipc_detail(exc)))
+                return -1
+            try:
+                reply = stream.receive()
+                if len(reply) != 1 or reply[0][0] != "status":
+                    raise IpcError("malformed reply")
+            except IpcError as exc:
+                self.log.warning("write/read %s: %s" % (where, _ipc_detail(exc)))
+                return -1
             return 0 if reply[0][1] == "0" else -1
-        except IpcError as exc:
-            self.log.warning("%s service: %s" % (service, exc))
-            return -1
         finally:
             stream.close()
 
@@ -110,7 +127,13 @@ class Reporter:
 
     def _trace(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
         reason = dsn.reason if relay == "none" else "delivery via %s: %s" % (relay, dsn.reason)
-        return self._append(self.s.trace_service, rcpt, replace(dsn, reason=reason))
+        if self._append(self.s.trace_service, rcpt, replace(dsn, reason=reason)) != 0:
+            self._service_failure(self.s.trace_service)       # trace_append()
+            return -1
+        return 0
+
+    def _service_failure(self, service: str) -> None:
+        self.log.warning("%s: %s service failure" % (self.req.queue_id, service))
 
     def _probe(self, rcpt: Recipient, relay: str, dsn: Dsn, vrfy_status: int, word: str) -> int | None:
         """Address probes: verify(8) for MTA_VRFY, trace(8) for ``sendmail -bv``.
@@ -176,7 +199,8 @@ class Reporter:
             self._logline(rcpt, relay, dsn, "sent")
             return 0
         return self.defer(rcpt, relay, Dsn(status="4.3.0", action="delayed",
-                                           reason="%s: trace service failed" % self.req.queue_id))
+                                           reason="%s: %s service failed"
+                                           % (self.req.queue_id, self.s.trace_service)))
 
     def bounce(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
         dsn = self._sane(dsn, "5", "bounce_append")
@@ -195,7 +219,7 @@ class Reporter:
         if self.s.soft_bounce:
             d = replace(dsn, status="4" + dsn.status[1:], action="delayed")
             if self._append(self.s.defer_service, rcpt, d) != 0:
-                self.log.warning("%s: defer service failure" % self.req.queue_id)
+                self._service_failure(self.s.defer_service)
             self._logline(rcpt, relay, d, "SOFTBOUNCE")
             return -1
         d = replace(dsn, action="failed")
@@ -206,7 +230,8 @@ class Reporter:
             self._logline(rcpt, relay, d, "bounced")
             return 0
         return self.defer(rcpt, relay, Dsn(status="4.3.0", action="delayed",
-                                           reason="bounce or trace service failure"))
+                                           reason="%s or %s service failure"
+                                           % (self.s.bounce_service, self.s.trace_service)))
 
     def defer(self, rcpt: Recipient, relay: str, dsn: Dsn) -> int:
         dsn = self._sane(dsn, "4", "defer_append")
@@ -224,8 +249,24 @@ class Reporter:
         flags = self.req.flags
         d = replace(dsn, action="delayed")
         if self._append(self.s.defer_service, rcpt, d) != 0:
-            self.log.warning("%s: defer service failure" % self.req.queue_id)
+            self._service_failure(self.s.defer_service)
         self._logline(rcpt, relay, d, "deferred")
-        if flags & FLAG_RECORD:
-            self._trace(rcpt, relay, d)
+        if flags & FLAG_RECORD and self._trace(rcpt, relay, d) != 0:
+            self._service_failure(self.s.trace_service)      # defer_append() says it again
         return -1
+
+
+def _timed_out(exc: IpcError) -> bool:
+    return str(exc).startswith("timeout ")
+
+
+def _ipc_detail(exc: IpcError) -> str:
+    """The "%m" part of stock's warning: a timeout is ETIMEDOUT; otherwise
+    the system error text of the IpcError, or its whole text."""
+    if _timed_out(exc):
+        return "Connection timed out"
+    text = str(exc)
+    for prefix in ("write to ", "read from "):
+        if text.startswith(prefix) and ": " in text:
+            return text.split(": ", 1)[1]
+    return text

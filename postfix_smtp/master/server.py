@@ -192,12 +192,30 @@ def _drop_privileges(settings, o, log) -> None:
         os.setuid(pw.pw_uid)
 
 
+def _arm_watchdog(log) -> None:
+    """SIGALRM (daemon_timeout) ends the process as stock's watchdog does: a
+    "fatal: watchdog timeout" record and exit status 1 (msg_fatal() also
+    pauses a second first).  Should the exit itself hang, the re-armed
+    alarm with the default action kills the process 5 s later."""
+    def fire(signum, frame):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(5)
+        try:
+            log.fatal("watchdog timeout")
+            time.sleep(1)
+        finally:
+            os._exit(1)
+    signal.signal(signal.SIGALRM, fire)
+
+
 def _loop(agent, settings, generation: int, log) -> int:
     listen = socket.socket(fileno=LISTEN_FD)
     listen.setblocking(False)
     max_use = settings.max_use
     max_idle = settings.max_idle
     daemon_timeout = int(settings.daemon_timeout) or 0
+    if daemon_timeout > 0:
+        _arm_watchdog(log)
     use_count = 0
     idle_deadline = time.monotonic() + max_idle if max_idle > 0 else None
     poller = select.poll()
@@ -235,7 +253,7 @@ def _loop(agent, settings, generation: int, log) -> int:
             pass
         conn.setblocking(True)
         if daemon_timeout > 0:
-            signal.alarm(daemon_timeout)      # watchdog: default action terminates us
+            signal.alarm(daemon_timeout)      # watchdog: see _arm_watchdog()
         try:
             agent.serve(conn)
         finally:

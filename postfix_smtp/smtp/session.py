@@ -56,15 +56,29 @@ class Endpoint:
         return "%s[%s]:%d" % (self.host, self.addr, self.port)
 
 
-def connect(ep: Endpoint, timeout: float, bind_addr: str | None = None) -> socket.socket:
+class BindError(ConnectError):
+    """bind() to the source address failed and the binding is enforced
+    (smtp_bind_address_enforce): no connection is attempted."""
+
+
+def connect(ep: Endpoint, timeout: float, bind_addr: str | None = None,
+            enforce: bool = False, warn=None) -> socket.socket:
+    """A connected socket.  A failed bind() to ``bind_addr`` is reported
+    through ``warn`` (stock's smtp_connect_addr warning); with ``enforce`` it
+    raises BindError, otherwise the kernel picks the source address."""
     sock = socket.socket(ep.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if bind_addr:
             try:
                 sock.bind((bind_addr, 0))
-            except OSError:
-                pass
+            except OSError as exc:
+                text = exc.strerror or str(exc)
+                if warn is not None:
+                    warn("smtp_connect_addr: bind %s: %s" % (bind_addr, text))
+                if enforce:
+                    sock.close()
+                    raise BindError(text) from None
         sock.settimeout(timeout if timeout > 0 else None)
         sock.connect((ep.addr, ep.port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

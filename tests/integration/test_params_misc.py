@@ -23,13 +23,6 @@ from postfix_smtp.testing.peer import PeerScript, SmtpPeer
 from test_delivery import MESSAGE, RCPT, SENDER, normalise_line, normalise_wire, run_scenario
 from test_dns import local_ipv4_addresses, local_ipv6_addresses
 
-# agent fixes pending as patches (see the report of the commit adding this file)
-NO_BIND_WARNING = pytest.mark.xfail(
-    strict=True, reason="agent: a failed bind() is silent and smtp_bind_address_enforce is "
-                        "not implemented (patch /tmp/bind-enforce.patch)")
-NO_VHOST_BIND = pytest.mark.xfail(
-    strict=True, reason="agent: no bind to the only inet_interfaces address "
-                        "(patch /tmp/bind-enforce.patch)")
 
 
 def _both(tmp_base, agent_wrapper, script, **kw):
@@ -150,7 +143,6 @@ def test_bind_address6_is_the_source_address(tmp_base, agent_wrapper):
         assert any("status=sent" in ln for ln in r.agent_lines()), tag
 
 
-@NO_BIND_WARNING
 def test_bind_address6_failure_warns_and_delivers_like_stock(tmp_base, agent_wrapper):
     """smtp_bind_address6 = an address that is not local: stock warns and
     connects from the default address (smtp_bind_address_enforce = no)."""
@@ -172,7 +164,6 @@ def test_bind_address6_failure_warns_and_delivers_like_stock(tmp_base, agent_wra
 _V4_BAD = ["198.51.100.77", "203.0.113.77", "192.0.2.254"]
 
 
-@NO_BIND_WARNING
 def test_bind_failure_warns_and_delivers_like_stock(tmp_base, agent_wrapper):
     """smtp_bind_address_enforce = no (default): a bind() failure is a
     warning, the connection is made from the kernel's choice."""
@@ -189,7 +180,6 @@ def test_bind_failure_warns_and_delivers_like_stock(tmp_base, agent_wrapper):
     assert normalise_line(ours.lines[0]) == normalise_line(stock.lines[0])
 
 
-@NO_BIND_WARNING
 def test_bind_failure_enforced_defers_like_stock(tmp_base, agent_wrapper):
     """smtp_bind_address_enforce = yes: no connection at all, the mail is
     deferred with stock's text (with "no" it is delivered, test above)."""
@@ -209,7 +199,6 @@ def test_bind_failure_enforced_defers_like_stock(tmp_base, agent_wrapper):
     assert (d["relay"], d["dsn"], d["status"]) == ("none", "4.4.0", "deferred")
 
 
-@NO_VHOST_BIND
 def test_single_inet_interface_is_the_source_address(tmp_base, agent_wrapper):
     """inet_interfaces = one non-loopback IPv4 address and no
     smtp_bind_address: stock binds to it ("virtual host"), so the peer on
@@ -256,11 +245,6 @@ def test_address_verify_target_data_like_stock(tmp_base, agent_wrapper):
 # daemon_timeout
 
 
-NO_WATCHDOG_TEXT = pytest.mark.xfail(
-    strict=True, reason="agent: daemon_timeout kills it with SIGALRM (master: \"killed by "
-                        "signal 14\") instead of stock's \"fatal: watchdog timeout\" and exit "
-                        "status 1 (patch /tmp/daemon-timeout-watchdog.patch)")
-
 _MASTER_EXIT = r"postfix/master\[\d+\]: warning: process \S+/smtp pid \d+ "
 
 
@@ -298,7 +282,6 @@ def test_daemon_timeout_ends_a_stuck_delivery(stuck_greeting_runs):
             in r["said"], tag
 
 
-@NO_WATCHDOG_TEXT
 def test_daemon_timeout_logs_like_stock(stuck_greeting_runs):
     stock, ours = stuck_greeting_runs["stock"]["said"], stuck_greeting_runs["agent"]["said"]
     assert stock[:1] == ["postfix/smtp[PID]: fatal: watchdog timeout"]
@@ -426,9 +409,6 @@ def test_ipc_timeout_bounds_a_stuck_internal_service_like_stock(stalled_defer_ru
     assert d["status"] == "deferred" and d["dsn"] == "4.2.0"
 
 
-@pytest.mark.xfail(strict=True, reason="agent: other warning texts for a failed defer_append(), "
-                                       "and \"defer service failure\" for any defer_service_name "
-                                       "(patch /tmp/ipc-service-warnings.patch)")
 def test_stuck_defer_service_warnings_like_stock(stalled_defer_runs):
     runs = stalled_defer_runs
     assert runs["stock"]["warnings"] == ["write private/stalldefer socket: Connection timed out",
