@@ -85,8 +85,14 @@ def _run(argv: list, personality: str, log) -> int:
     if params.get("maillog_file"):
         postlog = os.environ.get("POSTLOG_SERVICE") or os.path.join(
             settings.queue_directory, "public", params.get("postlog_service_name") or "postlog")
+    facility = params.get("syslog_facility")
+    from ..log import FACILITIES
+    if facility not in FACILITIES:          # stock: exact names, else fatal
+        log.fatal("file %s/main.cf: parameter syslog_facility: unrecognized value: %s"
+                  % (params.get("config_directory"), facility))
+        return 1
     log.reopen(ident="%s/%s" % (syslog_name, personality), postlog_path=postlog,
-               facility=params.get("syslog_facility"))
+               facility=facility)
     for w in settings.warnings:
         log.warning(w)
     if o.max_use is not None:

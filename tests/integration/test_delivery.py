@@ -402,3 +402,26 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_unknown_syslog_facility_is_fatal_like_stock(tmp_base, agent_wrapper):
+    """syslog_facility names are matched exactly (``LOCAL3`` is not local3)."""
+    lines = {}
+    for tag, agent in (("agent", agent_wrapper), ("stock", None)):
+        peer = SmtpPeer(PeerScript(), max_lifetime=60)
+        peer.start()
+        inst = PostfixInstance(os.path.join(tmp_base, tag), relayhost=peer.address, agent=agent,
+                               smtp_args=["-o", "syslog_facility=LOCAL3"], max_lifetime=120)
+        try:
+            inst.start()
+            inst.sendmail(MESSAGE, SENDER, [RCPT])
+            hits = inst.wait_log(r"postfix/smtp\[\d+\]: fatal: ", timeout=20)
+            assert hits, "\n".join(inst.log_lines()[-20:])
+            lines[tag] = re.sub(r"^.*?postfix/smtp\[\d+\]: ", "", hits[0]).replace(
+                inst.config_dir, "CONFIG")
+            assert not peer.sessions
+        finally:
+            inst.stop()
+            peer.stop()
+    assert lines["agent"] == lines["stock"] == (
+        "fatal: file CONFIG/main.cf: parameter syslog_facility: unrecognized value: LOCAL3")
