@@ -221,7 +221,21 @@ ZONES = [
     ("ifself.test", "MX", ["10 mx.ifself.test."]),
     ("proxyself.test", "MX", ["10 mx.proxyself.test."]),
     ("mx.proxyself.test", "A", [_ip(SELF_PROXY)]),
+    # smtp_dns_reply_filter: one MX record ignored; every address ignored;
+    # an unknown filter action
+    ("filt.test", "MX", ["10 f1.filt.test.", "20 f2.filt.test."]),
+    ("f1.filt.test", "A", [_ip(21)]),
+    ("f2.filt.test", "A", [_ip(22)]),
+    ("filtall.test", "MX", ["10 fa.filtall.test."]),
+    ("fa.filtall.test", "A", [_ip(23)]),
+    ("filtbad.test", "MX", ["10 fb.filtbad.test."]),
+    ("fb.filtbad.test", "A", [_ip(24)]),
 ]
+
+DNS_FILTER = r"""/^filt\.test\. [0-9]+ IN MX 10 f1\.filt\.test\.$/ IGNORE
+/^fa\.filtall\.test\. [0-9]+ IN A / ignore
+/^fb\.filtbad\.test\. / DUNNO
+"""
 
 BEHAVIOUR = [
     ("slow.test", "delay", 1.5), ("mx.slow.test", "delay", 1.5),
@@ -574,3 +588,30 @@ def test_randomized_equal_preferences_match_stock(world, tmp_base, agent_wrapper
     tried = runs["agent"].connects("rand.test")
     assert sorted(c[1] for c in tried) == [_ip(11), _ip(12), _ip(13)]
     assert runs["agent"].outcome("rand.test")[2] == "sent"
+
+
+def test_dns_reply_filter_matches_stock(world, tmp_base, agent_wrapper):
+    path = os.path.join(tmp_base, "dns_filter")
+    os.makedirs(tmp_base, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(DNS_FILTER)
+    os.chmod(path, 0o644)
+    domains = ["filt.test", "filtall.test", "filtbad.test"]
+    GROUPS["dnsfilter"] = ({"smtp_randomize_addresses": "no",
+                            "smtp_dns_reply_filter": "regexp:" + path}, None, domains)
+    try:
+        runs = _run_both(world, tmp_base, agent_wrapper, "dnsfilter")
+    finally:
+        del GROUPS["dnsfilter"]
+    _compare(runs, domains)
+    ours = runs["agent"]
+    assert ours.outcome("filt.test")[0].startswith("f2.filt.test[%s]" % _ip(22))
+    assert ours.outcome("filt.test")[2] == "sent"
+    for tag in ("stock", "agent"):
+        ignored = [ln for ln in runs[tag].lines if "ignoring DNS RR: " in ln]
+        assert any(re.search(r"ignoring DNS RR: filt\.test\. \d+ IN MX 10 f1\.filt\.test\.$",
+                             ln) for ln in ignored), (tag, ignored)
+        assert any("ignoring DNS RR: fa.filtall.test. " in ln for ln in ignored), (tag, ignored)
+        assert runs[tag].warnings(r'unknown DNS filter action: "DUNNO"'), tag
+    assert "drops all results" in ours.outcome("filtall.test")[3]
+    assert "Invalid DNS reply filter syntax" in ours.outcome("filtbad.test")[3]
