@@ -96,6 +96,9 @@ class PeerScript:
     # (bytes, seconds): read the message body at most this many bytes at a
     # time, pausing between reads (a slow server)
     body_read_rate: Optional[Tuple[int, float]] = None
+    # (stage, chunk): at that stage send ``chunk`` over and over instead of a
+    # reply, until the client goes away (a flooding server)
+    flood: Optional[Tuple[str, bytes]] = None
 
     def server_context(self) -> Optional[ssl.SSLContext]:
         if self.tls_context is not None:
@@ -406,6 +409,11 @@ class SmtpPeer:
     def _reply(self, c: _Conn, session: Session, stage: str, line: str, spec: ReplySpec) -> str:
         """Compute, delay and send a reply; returns it as text ("" if nothing sent)."""
         s = self.script
+        if s.flood is not None and s.flood[0] == stage:
+            while not self._stop.is_set() and time.monotonic() < self._deadline:
+                c.sock.settimeout(5)
+                c.sock.sendall(s.flood[1])      # not recorded: it would grow without end
+            raise _Dropped("flood over")
         reply: Reply = spec(line) if callable(spec) else spec
         if s.before_reply is not None:
             alt = s.before_reply(session, stage, line, reply)

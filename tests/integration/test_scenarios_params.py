@@ -185,6 +185,19 @@ CASES = [
     PCase("per_request_deadline_default_waits_for_a_trickling_greeting",
           script=dict(trickle={"greeting": 0.15}), main_cf={"smtp_helo_timeout": "2s"},
           check=_line("sent", "2.0.0")),
+    # a server that floods: an endless multi-line EHLO reply, or one endless
+    # line; each read brings data, so only the deadline ends it (memory stays
+    # bounded: the reply text is capped, an overlong line is skipped)
+    PCase("per_request_deadline_cuts_off_an_endless_multiline_reply",
+          script=dict(flood=("ehlo", b"250-" + b"x" * 200 + b"\r\n")),
+          main_cf={"smtp_per_request_deadline": "yes", "smtp_helo_timeout": "3s"},
+          settled=False, max_delay=12,
+          check=_line("deferred", "4.4.2", r"timed out while performing the EHLO handshake$")),
+    PCase("per_request_deadline_cuts_off_an_endless_line",
+          script=dict(flood=("ehlo", b"y" * 65536)),
+          main_cf={"smtp_per_request_deadline": "yes", "smtp_helo_timeout": "3s"},
+          settled=False, max_delay=12,
+          check=_line("deferred", "4.4.2", r"timed out while performing the EHLO handshake$")),
     # a peer that reads the 6 MB body at about 650 KB/s: with the deadline
     # each write earns time back at smtp_min_data_rate; at 10^7 bytes/s it
     # earns almost nothing and the 2 s budget runs out, at the default 500
