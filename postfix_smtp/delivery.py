@@ -160,8 +160,18 @@ class Delivery:
 
     # --- the request ---------------------------------------------------------------
     def run(self) -> int:
+        nexthop = self.req.nexthop
+        if self.s.personality == "lmtp":
+            # stock smtp_connect(): "unix:PATH" or "inet:" before the whole list
+            if nexthop.startswith("unix:"):
+                self._try_unix(nexthop[5:])
+                if self.todo:
+                    self._final_failure([])
+                return self.status
+            if nexthop.startswith("inet:"):
+                nexthop = nexthop[5:]
         try:
-            sites = destinations.split_list(self.req.nexthop)
+            sites = destinations.split_list(nexthop)
             nsites = len(sites)
             if self.s.personality == "smtp":
                 sites += self.s.fallback_relay
@@ -247,22 +257,51 @@ class Delivery:
                 break
         return final_nexthop
 
+    def _try_unix(self, path: str) -> None:
+        """LMTP to a UNIX-domain socket (stock smtp_connect_local()): one
+        server named myhostname[PATH], every error final, no fallback relay,
+        sessions cached under the path.  The path is relative to the queue
+        directory (the working directory, in or out of a chroot jail)."""
+        s = self.s
+        if s.fallback_relay and s.params is not None:
+            self.log.warning('ignoring "%s = %s" setting for non-TCP connections'
+                             % (s.params.p("smtp_fallback_relay"),
+                                s.params.sget("smtp_fallback_relay")))
+        self._site = path
+        # dest.host: the TLS nexthop (stock: myhostname); the port 0 marks the path
+        dest = destinations.Destination(path, s.myhostname, 0, True)
+        ep = Endpoint(s.myhostname, path, 0, 1, best_mx=False)      # 1: AF_UNIX
+        self._decide_caching(dest, match=path, nexthop=path)
+        if self._cache_load and self._dest_label is not None:
+            self._try_cached_destination([ep], dest, final=True)
+            if (path, 0) in self._cached_addrs:     # delivered over a cached session
+                return
+        if len(path.encode("utf-8", "surrogateescape")) >= 108:    # sizeof(sun_path)
+            self.log.warning("unix-domain name too long: %s" % path)
+            self.why = Failure("4.3.5", "Server configuration error")
+            return
+        self._try_server(ep, True, True, 0, 0, dest)
+
     # --- connection reuse (smtp_reuse.c, smtp_session.c passivate/activate) -----------
-    def _decide_caching(self, dest) -> None:
+    def _decide_caching(self, dest, match: str | None = None,
+                        nexthop: str | None = None) -> None:
         """Stock: smtp_connection_cache_destinations (load and store), else on demand
-        per qmgr's CONN_LOAD/CONN_STORE flags; the first destination only."""
+        per qmgr's CONN_LOAD/CONN_STORE flags; the first destination only.
+        ``match``/``nexthop``: the name matched and the label's nexthop (LMTP
+        over a UNIX-domain socket: the path), by default the host and the
+        request nexthop."""
         self._cache_decided = True
         s = self.s
         if s.cache_time_limit <= 0:
             return
-        if dest.host.lower() in s.cache_destinations:
+        if (dest.host if match is None else match).lower() in s.cache_destinations:
             self._cache_load = self._cache_store = True
         elif s.cache_on_demand:
             self._cache_load = bool(self.req.flags & FLAG_CONN_LOAD)
             self._cache_store = bool(self.req.flags & FLAG_CONN_STORE)
         if self._cache_load or self._cache_store:
             from .smtp import reuse
-            self._dest_label = reuse.dest_label(s.service_name, self.req.nexthop,
+            self._dest_label = reuse.dest_label(s.service_name, nexthop or self.req.nexthop,
                                                 self._label_sender())
             self._dest_text = dest.text
 
@@ -318,7 +357,7 @@ class Delivery:
         conn.cached_state = state
         return conn
 
-    def _try_cached_destination(self, endpoints: list, dest) -> None:
+    def _try_cached_destination(self, endpoints: list, dest, final: bool = False) -> None:
         """Look up the request nexthop's label; deliver over that session first."""
         c = self._scache()
         if c is None or not endpoints:
@@ -333,11 +372,11 @@ class Delivery:
         except ValueError:
             sock.close()
             return
-        port = endpoints[0].port
+        port, family = endpoints[0].port, 10 if ":" in d.addr else 2
         for e in endpoints:
             if e.addr == d.addr:
-                port = e.port
-        ep = Endpoint(d.host or d.addr, d.addr, port, 10 if ":" in d.addr else 2)
+                port, family = e.port, e.family
+        ep = Endpoint(d.host or d.addr, d.addr, port, family)
         ep.best_mx = d.best_mx
         conn = self._activate(sock, ep, eprop, dprop)
         if conn is None:
@@ -351,14 +390,14 @@ class Delivery:
             conn.close()
             return
         self._cached_addrs.add((ep.addr, ep.port))
-        self._try_server(ep, False, False, 0, 0, dest, cached=(conn, policy))
+        self._try_server(ep, final, final, 0, 0, dest, cached=(conn, policy))
 
     def _may_keep(self, conn: Connection) -> bool:
         """May this session stay open for scache at the end of the transaction?"""
         from .smtp import reuse
         if not self._cache_store or self.s.cache_time_limit <= 0:
             return False
-        if getattr(conn, "tls", None) is not None or conn.ep.family not in (2, 10):
+        if getattr(conn, "tls", None) is not None or conn.ep.family not in (1, 2, 10):
             return False                # TLS state cannot move to another process
         return not reuse.expired(getattr(conn, "reuse_count", 0), conn.expire_time,
                                  time.time(), self.s.reuse_count_limit)
@@ -472,7 +511,8 @@ class Delivery:
                 return
             except ConnectError as exc:
                 text = "connect to %s: %s" % (ep.namaddrport, exc.text)
-                self.log.info(text)
+                if ep.family != 1:       # stock logs no line for a UNIX-domain socket
+                    self.log.info(text)
                 self.why = Failure("4.4.1", text)
                 return
             conn = Connection(sock, ep, s.timeouts, utf8=s.smtputf8_enable,
@@ -483,6 +523,12 @@ class Delivery:
             conn.expire_time = time.time() + s.reuse_time_limit
             conn.cached_features = None
         conn.keep = conn.good = conn.quit_later = False
+        if ep.family == 1 and policy is not None:
+            from .tls.config import LEV_MAY, LEV_NONE
+            if policy.level == LEV_MAY:      # stock smtp_connect_local(): pointless here
+                self.log.warning("smtp_connect_local: opportunistic TLS encryption is not "
+                                 "appropriate for unix-domain destinations.")
+                policy.level = LEV_NONE
         conn.tls_policy = policy
         conn.tls_dest = dest
         conn.tls = None
@@ -665,8 +711,12 @@ class Delivery:
         policy = self.tls_resolver.resolve(dest.text, ep.host, ep.port,
                                             getattr(ep, "mx", None), getattr(ep, "rr", None))
         if policy.invalid:
-            self.log.warning("TLS policy lookup for %s/%s: %s" % (dest.text, ep.host,
-                                                                  policy.reason))
+            if ep.family == 1:               # stock smtp_connect_local()'s wording
+                self.log.warning("TLS policy lookup error for %s/%s: %s"
+                                 % (ep.host, ep.addr, policy.reason))
+            else:
+                self.log.warning("TLS policy lookup for %s/%s: %s" % (dest.text, ep.host,
+                                                                      policy.reason))
             self.why = Failure(policy.status, policy.reason)
             return False
         if cfg.wrappermode and policy.level < LEV_ENCRYPT:

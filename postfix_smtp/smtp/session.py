@@ -53,6 +53,8 @@ class Endpoint:
 
     @property
     def namaddrport(self) -> str:
+        if not self.port:            # a UNIX-domain socket (LMTP): no port, as stock
+            return self.namaddr
         return "%s[%s]:%d" % (self.host, self.addr, self.port)
 
 
@@ -66,6 +68,8 @@ def connect(ep: Endpoint, timeout: float, bind_addr: str | None = None,
     """A connected socket.  A failed bind() to ``bind_addr`` is reported
     through ``warn`` (stock's smtp_connect_addr warning); with ``enforce`` it
     raises BindError, otherwise the kernel picks the source address."""
+    if ep.family == socket.AF_UNIX:
+        return _connect_unix(ep.addr, timeout)
     sock = socket.socket(ep.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -82,6 +86,22 @@ def connect(ep: Endpoint, timeout: float, bind_addr: str | None = None,
         sock.settimeout(timeout if timeout > 0 else None)
         sock.connect((ep.addr, ep.port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except socket.timeout:
+        sock.close()
+        raise ConnectError("Connection timed out") from None
+    except OSError as exc:
+        sock.close()
+        raise ConnectError(exc.strerror or str(exc)) from None
+    return sock
+
+
+def _connect_unix(path: str, timeout: float) -> socket.socket:
+    """A stream connected to the UNIX-domain socket ``path`` (relative paths
+    are relative to the queue directory, the agent's working directory)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout if timeout > 0 else None)
+        sock.connect(path)
     except socket.timeout:
         sock.close()
         raise ConnectError("Connection timed out") from None

@@ -62,16 +62,6 @@ BASE_CF = {
 }
 
 
-def _patched() -> bool:
-    """The delivery code with UNIX-domain LMTP (/tmp/lmtp-unix.patch)."""
-    from postfix_smtp import delivery
-    return hasattr(delivery.Delivery, "_try_unix")
-
-
-needs_patch = pytest.mark.xfail(not _patched(), strict=True,
-                                reason="LMTP over UNIX-domain sockets needs /tmp/lmtp-unix.patch "
-                                       "(delivery.py, smtp/session.py)")
-
 
 class UnixLmtpPeer(SmtpPeer):
     """The scripted LMTP server on a UNIX-domain socket at ``path``, owned by
@@ -203,7 +193,6 @@ def both(tmp_base, agent, **kw):
 
 # ---------------------------------------------------------------------------
 
-@needs_patch
 def test_per_recipient_replies_log_wire_and_queue_as_stock(tmp_base, lmtp_agent):
     """250 / 550 to RCPT / 452 after DATA over private/testlmtp: same lines
     (relay=mx.test.invalid[private/testlmtp], no port), same LHLO dialog and
@@ -228,7 +217,6 @@ def test_per_recipient_replies_log_wire_and_queue_as_stock(tmp_base, lmtp_agent)
     assert stock.sessions[0].commands[0] == "LHLO mx.test.invalid"
 
 
-@needs_patch
 def test_opportunistic_tls_downgraded_as_stock(tmp_base, lmtp_agent):
     """lmtp_tls_security_level = may over a UNIX-domain socket: stock warns
     and sends no STARTTLS although the server offers it (an agent that
@@ -246,7 +234,6 @@ def test_opportunistic_tls_downgraded_as_stock(tmp_base, lmtp_agent):
     assert b"STARTTLS" not in stock.wire()[0]
 
 
-@needs_patch
 @pytest.mark.parametrize("state, errtext", [("missing", "No such file or directory"),
                                             ("refused", "Connection refused")])
 def test_connect_failure_deferred_as_stock(tmp_base, lmtp_agent, state, errtext):
@@ -265,7 +252,6 @@ def test_connect_failure_deferred_as_stock(tmp_base, lmtp_agent, state, errtext)
     assert ours.queue == stock.queue == {"deferred": 1}
 
 
-@needs_patch
 def test_path_too_long_as_stock(tmp_base, lmtp_agent):
     """A path of 108 bytes (sizeof sun_path): warning, 4.3.5 "Server
     configuration error"."""
@@ -281,7 +267,6 @@ def test_path_too_long_as_stock(tmp_base, lmtp_agent):
                                                             "Server configuration error")
 
 
-@needs_patch
 def test_tls_policy_error_as_stock(tmp_base, lmtp_agent):
     """An invalid lmtp_tls_policy_maps entry for the path: stock's "TLS
     policy lookup error for HOST/PATH" wording, no connection, 4.7.5."""
@@ -296,7 +281,6 @@ def test_tls_policy_error_as_stock(tmp_base, lmtp_agent):
     assert ours.sessions == stock.sessions == []
 
 
-@needs_patch
 def test_connection_reused_under_the_path_as_stock(tmp_base, lmtp_agent):
     """lmtp_connection_cache_destinations = private/testlmtp: the second
     message goes over the first connection (RSET probe, conn_use=2), as
@@ -316,7 +300,6 @@ def test_connection_reused_under_the_path_as_stock(tmp_base, lmtp_agent):
     assert ours.others() == stock.others() == []
 
 
-@needs_patch
 def test_inet_prefix_as_stock(tmp_base, lmtp_agent):
     """lmtp:inet:host:port (TCP): "inet:" comes off the nexthop."""
     def go(base, agent):

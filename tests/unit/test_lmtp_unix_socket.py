@@ -36,15 +36,6 @@ MYHOST = "mx.test.invalid"          # fakes.TEST_MAIN_CF myhostname
 SOCK = "private/lmtp"
 
 
-def _patched() -> bool:
-    """The delivery code with UNIX-domain LMTP (/tmp/lmtp-unix.patch)."""
-    from postfix_smtp import delivery
-    return hasattr(delivery.Delivery, "_try_unix")
-
-
-needs_patch = pytest.mark.xfail(not _patched(), strict=True,
-                                reason="LMTP over UNIX-domain sockets needs /tmp/lmtp-unix.patch")
-
 
 class UnixLmtpPeer(SmtpPeer):
     """The scripted peer, listening on a UNIX-domain socket at ``path``."""
@@ -152,7 +143,6 @@ def to_lines(log) -> dict:
 # ---------------------------------------------------------------------------
 # the building blocks
 
-@needs_patch
 def test_endpoint_without_port_names_itself_without_port():
     """smtp_session_alloc(): namaddrport is namaddr when the port is 0 (a path)."""
     from postfix_smtp.smtp.session import Endpoint
@@ -162,7 +152,6 @@ def test_endpoint_without_port_names_itself_without_port():
     assert Endpoint("h", "192.0.2.1", 24).namaddrport == "h[192.0.2.1]:24"
 
 
-@needs_patch
 def test_connect_to_a_relative_unix_path(qdir):
     """connect() for an AF_UNIX endpoint: the path relative to the working
     directory; a missing path and a path nobody listens on fail with the
@@ -189,7 +178,6 @@ def test_connect_to_a_relative_unix_path(qdir):
 # ---------------------------------------------------------------------------
 # whole deliveries
 
-@needs_patch
 def test_per_recipient_replies_over_a_unix_socket(queue, services, unix_peer):
     """One 250, one 550 to RCPT, one 452 after DATA: relay=myhostname[path],
     every failure final (deferred/bounced now, not kept for another server)."""
@@ -218,7 +206,6 @@ def test_per_recipient_replies_over_a_unix_socket(queue, services, unix_peer):
     assert len(s.messages) == 1
 
 
-@needs_patch
 def test_missing_socket_defers_with_stock_text_and_ignores_fallback_relay(
         queue, services):
     """No socket: 4.4.1 "connect to myhostname[path]: No such file or
@@ -238,7 +225,6 @@ def test_missing_socket_defers_with_stock_text_and_ignores_fallback_relay(
     assert queue.todo_recipients(QID) == ["a@example.org"]
 
 
-@needs_patch
 def test_path_too_long_is_a_server_configuration_error(queue, services):
     """sizeof(sun_path) is 108: a path of 108 bytes or more is never
     tried (warning, 4.3.5 "Server configuration error"); 107 bytes are."""
@@ -250,7 +236,6 @@ def test_path_too_long_is_a_server_configuration_error(queue, services):
                              "(Server configuration error)"}
 
 
-@needs_patch
 def test_path_of_107_bytes_is_tried(queue, services):
     path = "private/" + "x" * 99                        # 107 bytes: connect is tried
     agent, log = make_agent(personality="lmtp")
@@ -261,7 +246,6 @@ def test_path_of_107_bytes_is_tried(queue, services):
                              % path}
 
 
-@needs_patch
 def test_opportunistic_tls_is_turned_off_for_a_unix_socket(queue, services, unix_peer):
     """TLS "may" becomes "none" with stock's warning: no STARTTLS although
     the server offers it."""
@@ -276,7 +260,6 @@ def test_opportunistic_tls_is_turned_off_for_a_unix_socket(queue, services, unix
     assert "STARTTLS" in peer.sessions[0].server_bytes.decode()   # it was offered
 
 
-@needs_patch
 def test_inet_prefix_is_stripped(queue, services):
     """lmtp:inet:host:port: "inet:" comes off the whole nexthop (stock smtp_connect())."""
     peer = SmtpPeer(PeerScript(**LMTP_SCRIPT), max_lifetime=30)
