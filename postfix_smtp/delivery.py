@@ -173,8 +173,7 @@ class Delivery:
         try:
             sites = destinations.split_list(nexthop)
             nsites = len(sites)
-            if self.s.personality == "smtp":
-                sites += self.s.fallback_relay
+            sites += self.s.fallback_relay        # smtp_ or lmtp_fallback_relay
             for si, site in enumerate(sites):
                 if not self.todo:
                     break

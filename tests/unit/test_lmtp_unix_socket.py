@@ -282,3 +282,22 @@ def test_unix_prefix_means_nothing_to_smtp(queue, services, unix_peer):
     assert peer.sessions == []
     assert queue.todo_recipients(QID) == ["a@example.org"]
     assert "unknown service: private/lmtp/tcp" in "\n".join(log.warnings)
+
+
+def test_lmtp_fallback_relay_is_used_for_tcp_destinations(queue, services):
+    """lmtp_fallback_relay applies to TCP nexthops as smtp_fallback_relay does
+    (stock smtp_connect_inet() appends it for both personalities)."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()                          # nobody listens there
+    peer = SmtpPeer(PeerScript(**LMTP_SCRIPT), max_lifetime=30)
+    peer.start()
+    try:
+        agent, log = make_agent(personality="lmtp",
+                                lmtp_fallback_relay="[127.0.0.1]:%d" % peer.port)
+        deliver(agent, queue, "inet:127.0.0.1:%d" % port, ["ok@example.org"])
+    finally:
+        peer.stop(timeout=2)
+    assert to_lines(log) == {"ok@example.org": "relay=127.0.0.1[127.0.0.1]:%d, dsn=2.0.0, "
+                             "status=sent (250 2.0.0 delivered)" % peer.port}, log.lines
