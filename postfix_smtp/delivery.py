@@ -332,6 +332,20 @@ class Delivery:
             self.log.warning("%s: bad cached session properties: %s" % (ep.namaddrport, exc))
             sock.close()
             return None
+        tls_ctx = None
+        if state.tls_level > 0 or "\n\n" in endp_prop.rstrip("\n"):
+            # smtp_session_activate(): a session through tlsproxy(8) carries the
+            # TLS summary after its properties (required above level "may")
+            from .tls import proxy
+            try:
+                tls_ctx = proxy.cached_context(state.tls_level,
+                                               proxy.split_endpoint_props(endp_prop)[1])
+            except proxy.ProxyError:
+                self.log.warning("smtp_session_activate: bad cached endp properties")
+                sock.close()
+                return None
+        if tls_ctx is not None:
+            self.log.info(tls_ctx.summary_line(reused=True))
         if ep is None:
             fam = 10 if ":" in state.addr else 2
             from .smtp.session import Endpoint as _Ep
@@ -354,6 +368,7 @@ class Delivery:
         conn.expire_time = state.expire_time
         conn.cached_features = state.features
         conn.cached_state = state
+        conn.cached_tls = tls_ctx
         return conn
 
     def _try_cached_destination(self, endpoints: list, dest, final: bool = False) -> None:
@@ -381,10 +396,12 @@ class Delivery:
         if conn is None:
             return
         policy = self._tls_policy(dest, ep) if dest is not None else None
-        if policy is False or (policy is not None and _requires_tls(policy.level)):
-            # Cached sessions are plaintext (TLS state cannot move between processes)
-            # and the destination label carries no TLS level: never let one carry
-            # mail that policy says must be encrypted (e.g. saved before a reload).
+        if policy is False or (policy is not None and _requires_tls(policy.level) and not (
+                conn.cached_tls is not None and conn.cached_state.tls_level == policy.level)):
+            # The destination label carries no TLS level: never let a plaintext
+            # session, or one of another TLS level, carry mail that policy says
+            # must be encrypted (e.g. saved before a reload).  A session through
+            # tlsproxy(8) at the very level the policy asks for is fine.
             self._quit(conn)
             conn.close()
             return
@@ -396,8 +413,11 @@ class Delivery:
         from .smtp import reuse
         if not self._cache_store or self.s.cache_time_limit <= 0:
             return False
-        if getattr(conn, "tls", None) is not None or conn.ep.family not in (1, 2, 10):
-            return False                # TLS state cannot move to another process
+        tls = getattr(conn, "tls", None)
+        if tls is not None and not getattr(tls, "proxied", False):
+            return False                # in-process TLS state cannot move to another process
+        if conn.ep.family not in (1, 2, 10):
+            return False
         return not reuse.expired(getattr(conn, "reuse_count", 0), conn.expire_time,
                                  time.time(), self.s.reuse_count_limit)
 
@@ -412,6 +432,9 @@ class Delivery:
         level = policy.level if policy else 0
         label = self._endp_label(ep, policy)
         prop = reuse.endp_props(conn.features, conn.reuse_count, conn.expire_time, level)
+        tls = getattr(conn, "tls", None)
+        if tls is not None:
+            prop += tls.to_plain()       # a tlsproxy(8) session (see _may_keep)
         ttl = self.s.cache_time_limit
         if self._dest_label is not None and not self._dest_saved:
             self._dest_saved = True
@@ -530,7 +553,7 @@ class Delivery:
                 policy.level = LEV_NONE
         conn.tls_policy = policy
         conn.tls_dest = dest
-        conn.tls = None
+        conn.tls = getattr(conn, "cached_tls", None)     # a reused tlsproxy(8) session
         self._final = final
         self._handled = set()
         try:
@@ -754,12 +777,16 @@ class Delivery:
             self.log.info("Host offered STARTTLS: [%s]" % ep.host)
         engine_ok = False
         if features.starttls and level >= LEV_MAY:
-            from .tls.client import engine_available     # imports OpenSSL
-            engine_ok = engine_available(cfg, self.log)
+            if policy.conn_reuse:
+                engine_ok = True             # tlsproxy(8) runs the TLS engine
+            else:
+                from .tls.client import engine_available     # imports OpenSSL
+                engine_ok = engine_available(cfg, self.log)
             if engine_ok:
                 conn.write(b"STARTTLS\r\n", Stage.STARTTLS)
                 reply = conn.read_reply(Stage.STARTTLS)
                 if reply.klass == 2:
+                    conn.server_helo = features.server_name     # stock session->helo
                     self._start_tls(conn, ep)
                     return self._hello(conn, ep, None)
                 features.starttls = False
@@ -782,9 +809,12 @@ class Delivery:
 
     def _start_tls(self, conn: Connection, ep: Endpoint) -> None:
         """The handshake and the certificate checks (smtp_start_tls)."""
+        cfg, policy, dest = self.s.tls, conn.tls_policy, conn.tls_dest
+        if policy.conn_reuse:
+            self._start_tls_proxy(conn, ep)
+            return
         from .tls import client as tlsclient
         from .tls.config import LEV_MAY, must_match
-        cfg, policy, dest = self.s.tls, conn.tls_policy, conn.tls_dest
         conn.flush(Stage.STARTTLS)
         try:
             tsock = tlsclient.start(conn.sock, policy, cfg, nexthop=dest.host, host=ep.host,
@@ -806,6 +836,51 @@ class Delivery:
         conn.parser = ReplyParser(utf8=self.s.smtputf8_enable, line_limit=self.s.reply_line_limit,
                                   line_filter=conn.parser.line_filter)
         if must_match(tsock.level) and not tsock.matched:
+            self._tls_fail(ep, "4.7.5", "Server certificate not verified", True, conn)
+
+    def _start_tls_proxy(self, conn: Connection, ep: Endpoint) -> None:
+        """smtp_start_tls() with connection reuse: tlsproxy(8) does the TLS;
+        the agent talks SMTP over its plaintext stream to the proxy, which
+        scache(8) can keep (no fallback to the in-process engine, as stock)."""
+        from .tls import proxy
+        from .tls.config import LEV_MAY, must_match
+        cfg, policy, dest = self.s.tls, conn.tls_policy, conn.tls_dest
+        conn.flush(Stage.STARTTLS)
+        p = cfg.params
+        got = proxy.start(conn.sock, policy, cfg, p, service=self.s.service_name, dest=dest.text,
+                          nexthop=dest.host, host=ep.host, addr=ep.addr, port=ep.port,
+                          namaddrport=ep.namaddrport, helo=getattr(conn, "server_helo", ""),
+                          session_timeout=self.s.timeouts.get(Stage.DOT, 600.0),
+                          service_name=(p.get("tlsproxy_service_name") if p is not None
+                                        else "") or "tlsproxy", log=self.log)
+        if got is None:
+            conn.dead = True             # the peer is in an undefined state: no QUIT
+            final = self._final
+            if self._plaintext_fallback_ok(policy, ep):
+                self._retry_plain = True          # RETRY_AS_PLAINTEXT
+                final = False
+            self._bulk_fail(Dsn(status="4.7.5", reason="Cannot start TLS: handshake failure"),
+                            self._relay(ep), final, throttle=policy.level != LEV_MAY)
+            raise _SessionDone
+        psock, ctx, rest = got
+        try:
+            conn.sock.close()            # tlsproxy has its own copy of the TCP socket
+        except OSError:
+            pass
+        conn.sock = psock
+        conn._timeout = -1               # a new socket: set the timeout on first use
+        conn.tls = ctx
+        conn.out.clear()
+        conn.parser = ReplyParser(utf8=self.s.smtputf8_enable, line_limit=self.s.reply_line_limit,
+                                  line_filter=conn.parser.line_filter)
+        if rest:                         # the server spoke right after the handshake
+            from .smtp.reply import ReplyFilterError
+            try:
+                conn.parser.feed(rest)
+            except ReplyFilterError:
+                conn.dead = True
+                raise SessionError("data", Stage.GREETING) from None
+        if must_match(ctx.level) and not ctx.matched:
             self._tls_fail(ep, "4.7.5", "Server certificate not verified", True, conn)
 
     def _refused(self, conn: Connection, ep: Endpoint, reply: Reply, status: str | None = None):

@@ -170,6 +170,7 @@ def _preload_for_jail(settings) -> None:
     tls = getattr(settings, "tls", None)
     if tls is not None and (tls.level > 0 or tls.policy_maps or tls.per_site):
         names.append("postfix_smtp.tls.client")       # OpenSSL: only when TLS may be used
+        names.append("postfix_smtp.tls.proxy")        # TLS connection reuse (tlsproxy)
     for name in names:
         try:
             importlib.import_module(name)

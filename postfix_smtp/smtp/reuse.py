@@ -9,7 +9,9 @@ properties what comes back with it (postfix-ipc.md §5.3, §5.4):
 - destination properties: ``destination=..\\nhost_name=..\\nhost_addr=..\\n``
   ``destination_features=<BEST_MX bit>\\n\\n``
 - endpoint properties: ``tls_level=..\\nreuse_count=..\\nendpoint_features=..\\n``
-  ``expire_time=..\\n`` + ``server_name=..\\n`` (ours) + ``\\n``
+  ``expire_time=..\\n`` + ``server_name=..\\n`` (ours) + ``\\n``; a session
+  through tlsproxy(8) has its TLS summary after that, as a second list
+  (tls/proxy.py; delivery.py appends and reads it)
 
 Feature bits are stock's SMTP_FEATURE_* so a property string reads the
 same as one written by smtp(8); bits stock does not have (ENHANCEDSTATUSCODES)

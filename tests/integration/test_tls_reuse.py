@@ -42,15 +42,18 @@ CACHE_CF = {"smtp_connection_cache_destinations": "127.0.0.1",
             "minimal_backoff_time": "300s", "maximal_backoff_time": "300s"}
 
 
-def _patched() -> bool:
-    """The delivery code with the tlsproxy branch (/tmp/tls-reuse.patch)."""
-    from postfix_smtp import delivery
-    return hasattr(delivery.Delivery, "_start_tls_proxy")
 
+class NoTlsproxyInstance(PostfixInstance):
+    """A test instance without the tlsproxy(8) service."""
 
-needs_patch = pytest.mark.xfail(not _patched(), strict=True,
-                                reason="TLS connection reuse needs /tmp/tls-reuse.patch "
-                                       "(delivery.py)")
+    def _write_config(self) -> None:
+        super()._write_config()
+        path = os.path.join(self.config_dir, "master.cf")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(re.sub(r"^tlsproxy\s+unix\s.*\n", "", text, flags=re.M))
+        self._age_config()
 
 
 class TlsproxyInstance(PostfixInstance):
@@ -140,7 +143,7 @@ def run(base, agent, pki, main_cf, rcpts, peer_names=("a",), transport=None, smt
             for name in peers:
                 cf["smtp_tls_policy_maps"] = cf.get("smtp_tls_policy_maps", "").replace(
                     "PORT_%s" % name, str(peers[name].port))
-        cls = TlsproxyInstance if tlsproxy else PostfixInstance
+        cls = TlsproxyInstance if tlsproxy else NoTlsproxyInstance
         inst = cls(base, relayhost=relay, agent=agent, main_cf=cf,
                                 myhostname="sender.test.invalid", smtp_args=list(smtp_args),
                                 max_lifetime=300, quick_start=True)
@@ -193,7 +196,6 @@ def _uses(delivered):
 
 # ---------------------------------------------------------------------------
 
-@needs_patch
 @pytest.mark.parametrize("max_use", ["100", "1"], ids=["same-process", "next-process"])
 def test_two_messages_one_tls_connection(tmp_base, agent, pki, max_use):
     """smtp_tls_connection_reuse = yes: both messages over one TCP connection
@@ -227,7 +229,6 @@ def test_two_messages_one_tls_connection(tmp_base, agent, pki, max_use):
     assert len(n) == 4
 
 
-@needs_patch
 def test_policy_map_connection_reuse_for_one_destination(tmp_base, agent, pki):
     """connection_reuse=yes in smtp_tls_policy_maps for destination A only
     (smtp_tls_connection_reuse = no): A's two messages share one connection
@@ -253,7 +254,6 @@ def test_policy_map_connection_reuse_for_one_destination(tmp_base, agent, pki):
     assert sum("TLS connection reused" in t for t in n) == 1
 
 
-@needs_patch
 def test_session_found_by_address_under_another_nexthop(tmp_base, agent, pki):
     """The second message goes to nexthop [localhost]:PORT, the first went to
     [127.0.0.1]:PORT: the lookup by destination misses, the lookup by
@@ -287,7 +287,6 @@ def _level_case(case, pki):
     return {"smtp_tls_security_level": "verify", "smtp_tls_verify_cert_match": "other.invalid"}
 
 
-@needs_patch
 @pytest.mark.parametrize("case", ["fingerprint-cert", "fingerprint-pkey", "trust-anchor-file",
                                   "name-mismatch"])
 def test_certificate_checks_through_tlsproxy(tmp_base, agent, pki, case):
@@ -313,7 +312,6 @@ def test_certificate_checks_through_tlsproxy(tmp_base, agent, pki, case):
         assert ours.queue.get("deferred") == 1
 
 
-@needs_patch
 def test_no_tlsproxy_service(tmp_base, agent, pki):
     """Reuse on, but no tlsproxy in master.cf: stock's warning, and the
     delivery defers with "Cannot start TLS: handshake failure" (no fallback
