@@ -56,6 +56,17 @@ class Agent:
         """Open every lookup table the configuration names, before privileges
         are dropped (so a root-only sasl_passwd.db works), sharing one context.
         A client certificate's key is read now too, as stock does."""
+        chat = self.s.chat
+        if chat is not None or self.log.verbose:
+            import importlib                   # session transcripts (-v too): before any chroot
+            importlib.import_module(".smtp.chat", __package__)
+        if chat is not None:
+            from .maps.matchlist import MatchListError
+            try:
+                chat.open(self.log)            # debug_peer_list and its tables
+            except MatchListError as exc:      # stock: fatal
+                self.log.fatal(str(exc))
+                raise SystemExit(1) from None
         tls = self.s.tls
         if tls is not None and (tls.cert_file or tls.chain_files or tls.eccert_file
                                 or tls.dcert_file):
@@ -115,6 +126,10 @@ class Agent:
         sasl = self.s.sasl
         if sasl is not None and sasl.enabled:
             name = sasl.changed_table()        # smtp_sasl_password_maps and filter tables
+            if name:
+                return name
+        if self.s.chat is not None:
+            name = self.s.chat.changed_table()
             if name:
                 return name
         if self.tables is None:

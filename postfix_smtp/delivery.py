@@ -103,6 +103,7 @@ class Delivery:
         self._dest_tried = False
         self._dest_saved = False               # a good session is stored under the dest label
         self._cached_addrs: set = set()        # addresses already used from the cache
+        self._chat = None          # the current session's smtp.chat.Chat (None: not needed)
         # one resolver per process (it caches resolver settings and local addresses)
         self.resolver = resolver or destinations.AddressResolver(
             settings.lookup, warn=log.warning, info=log.info)
@@ -160,6 +161,16 @@ class Delivery:
 
     # --- the request ---------------------------------------------------------------
     def run(self) -> int:
+        chat = self.s.chat
+        # stock debug_peer_check(nexthop, "noaddr"): verbose for the whole request
+        nexthop_debug = chat is not None and chat.peer_check(self.log, self.req.nexthop, "noaddr")
+        try:
+            return self._run()
+        finally:
+            if nexthop_debug:
+                chat.restore(self.log)
+
+    def _run(self) -> int:
         nexthop = self.req.nexthop
         if self.s.personality == "lmtp":
             # stock smtp_connect(): "unix:PATH" or "inet:" before the whole list
@@ -355,14 +366,17 @@ class Delivery:
                           deadline=self.s.per_request_deadline,
                           min_data_rate=self.s.min_data_rate, log=self.log,
                           line_filter=self._reply_filter())
+        self._chat_attach(conn, ep)
         try:
             conn.write(b"RSET\r\n", Stage.ABORT)           # the RSET probe (smtp_rset_timeout)
             reply = conn.read_reply(Stage.ABORT)
         except SessionError:
             conn.close()
+            self._chat_release(conn)
             return None
         if reply.klass != 2:
             conn.close()
+            self._chat_release(conn)
             return None
         conn.reuse_count = state.reuse_count
         conn.expire_time = state.expire_time
@@ -404,6 +418,7 @@ class Delivery:
             # tlsproxy(8) at the very level the policy asks for is fine.
             self._quit(conn)
             conn.close()
+            self._chat_release(conn)
             return
         self._cached_addrs.add((ep.addr, ep.port))
         self._try_server(ep, final, final, 0, 0, dest, cached=(conn, policy))
@@ -541,6 +556,7 @@ class Delivery:
                               line_limit=s.reply_line_limit, deadline=s.per_request_deadline,
                               min_data_rate=s.min_data_rate, log=self.log,
                               line_filter=self._reply_filter())
+            self._chat_attach(conn, ep)
             conn.reuse_count = 0
             conn.expire_time = time.time() + s.reuse_time_limit
             conn.cached_features = None
@@ -556,6 +572,7 @@ class Delivery:
         conn.tls = getattr(conn, "cached_tls", None)     # a reused tlsproxy(8) session
         self._final = final
         self._handled = set()
+        self._chat = conn.chat
         try:
             try:
                 if conn.cached_features is not None:     # reused: no greeting, EHLO, STARTTLS
@@ -574,6 +591,9 @@ class Delivery:
             except _SessionDone:
                 pass
         finally:
+            chat, self._chat = self._chat, None
+            if chat is not None:
+                chat.session_end(self.req.sender)     # the postmaster notice, if one is due
             saved = False
             if conn.good and not conn.dead:
                 try:
@@ -583,6 +603,7 @@ class Delivery:
             if not saved and (conn.good or conn.quit_later):
                 self._quit(conn)             # not cached after all: QUIT at clean-up
             conn.close()
+            self._chat_release(conn)
             self._handled = set()
             st = self.req.stats
             st.conn_setup_done = 0.0
@@ -611,10 +632,27 @@ class Delivery:
     def _relay(self, ep: Endpoint) -> str:
         return ep.namaddrport
 
+    def _chat_attach(self, conn: Connection, ep: Endpoint) -> None:
+        """A new or reactivated session (stock smtp_session_alloc()): raise the
+        log level for a debug_peer_list server; keep the conversation only when
+        it will be logged or may go into a postmaster notice."""
+        if self.s.chat is not None or self.log.verbose:
+            from .smtp.chat import session_chat
+            conn.chat = session_chat(self.s.chat, self.log, ep.host, ep.addr, ep.namaddrport)
+
+    def _chat_release(self, conn: Connection) -> None:
+        """The session is gone (stock smtp_session_free()): undo its debug level."""
+        chat = conn.chat
+        if chat is not None:
+            conn.chat = None
+            chat.release()
+
     def _server_dsn(self, ep: Endpoint, reply: Reply, reason: str, status: str | None = None) -> Dsn:
         """A failure caused by a server reply.  A reply that is not 4xx/5xx where a
         failure is reported (say, 250 to DATA) is a protocol error: 5.5.0."""
         status = status or reply.dsn
+        if self._chat is not None:
+            self._chat.check_code(reply.code, status)   # postmaster notice class "protocol"
         if status[:1] not in ("4", "5"):
             status, reason = "5.5.0", "Protocol error: " + reason
         return Dsn(status=status, diag_type="smtp", diag_text=reply.flat,
@@ -626,6 +664,8 @@ class Delivery:
         ep = conn.ep
         final = self._final
         if exc.kind == "data":               # smtp_reply_filter lookup error (no fallback)
+            if self._chat is not None:
+                self._chat.data_error()          # postmaster notice class "data"
             self._bulk_fail(Dsn(status="4.3.0", reason="local data error while talking to %s"
                                 % ep.namaddr), self._relay(ep), final, throttle=True)
             # stock: QUIT after a failed handshake on a healthy stream; in the
@@ -696,6 +736,8 @@ class Delivery:
             return
         if result.state == "table_error":
             self.log.warning(result.warning)
+            if self._chat is not None:
+                self._chat.data_error()
             dsn = Dsn(status="4.3.0", reason="local data error while talking to %s" % ep.namaddr)
         else:
             o = result.outcome
@@ -1248,7 +1290,7 @@ class Delivery:
                 for t, c in mime.finish():
                     enc.record(t, c)
             enc.finish()
-            conn.queue(enc.take())
+            conn.queue_content(enc.take())
             if f.pix_delay_dotcrlf:           # never let CR LF . CR LF share a packet
                 conn.flush(Stage.BODY)
                 time.sleep(self.s.pix_delay_time)
@@ -1338,6 +1380,8 @@ class Delivery:
         on smtp_generic_maps errors instead; deferring keeps the agent alive."""
         if warning:
             self.log.warning(warning)
+        if self._chat is not None:
+            self._chat.data_error()                       # postmaster notice class "data"
         self._bulk_fail(Dsn(status="4.3.0", reason="local data error while talking to %s"
                             % ep.namaddr), self._relay(ep), self._final, throttle=True)
 

@@ -104,6 +104,7 @@ class Settings:
     min_data_rate: int = 500               # smtp_min_data_rate
     ipc_idle: float = 5.0
     ipc_ttl: float = 1000.0
+    chat: object = None              # smtp.chat.ChatConfig: debug_peer_list, notify_classes
 
     @classmethod
     def from_params(cls, p: Params, personality: str) -> "Settings":
@@ -142,6 +143,15 @@ class Settings:
         if (obsolete_reuse is not None and obsolete_reuse.strip().isdigit()
                 and p._raw.get(p.p("smtp_connection_reuse_count_limit")) is None):
             reuse_count_limit = int(obsolete_reuse.strip())   # the 2.2 name of the count limit
+        chat = None
+        if p.get("debug_peer_list").strip() or {"protocol", "data"} & set(
+                p.get("notify_classes").lower().replace(",", " ").split()):
+            from .smtp.chat import ChatConfig    # only when a session conversation has a use
+            try:
+                chat = ChatConfig.from_params(p, personality, warn=warnings.append)
+            except ValueError as exc:
+                from .config.params import ConfigError
+                raise ConfigError(str(exc)) from None
         return cls(
             personality=personality,
             service_name=p.get("service_name"),
@@ -213,4 +223,5 @@ class Settings:
             ipc_idle=p.get_time("ipc_idle"),
             ipc_ttl=p.get_time("ipc_ttl"),
             params=p,
+            chat=chat,
         )

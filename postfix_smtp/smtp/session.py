@@ -117,6 +117,10 @@ _HELO_STAGES = frozenset((Stage.GREETING, Stage.EHLO, Stage.HELO, Stage.LHLO))
 
 
 class Connection:
+    #: postfix_smtp.smtp.chat.Chat: the session's debug transcript and history
+    #: (set by the delivery only when it has a use; message content never goes there)
+    chat = None
+
     def __init__(self, sock: socket.socket, ep: Endpoint, timeouts: dict,
                  utf8: bool = True, line_limit: int = 2048, deadline: bool = False,
                  min_data_rate: int = 0, log=None, line_filter=None) -> None:
@@ -124,6 +128,9 @@ class Connection:
         self.ep = ep
         self.timeouts = timeouts              # stage -> seconds
         self.log = log                        # for the parser's warnings and notes
+        self.replaced: list = []              # (line, replacement) pairs for the chat history
+        if line_filter is not None:
+            line_filter = self._recorded_filter(line_filter)
         self.parser = ReplyParser(utf8=utf8, line_limit=line_limit, line_filter=line_filter)
         self.out = bytearray()
         self.dead = False
@@ -133,6 +140,16 @@ class Connection:
         self._budget = 0.0
         self._budget_stage: object = None
         self._budget_cap = 0.0
+
+    def _recorded_filter(self, line_filter):
+        """smtp_reply_filter, noting each replacement while a chat is kept
+        (stock's history shows the server's line and what replaced it)."""
+        def filtered(line: str):
+            new = line_filter(line)
+            if new is not None and self.chat is not None:
+                self.replaced.append((line, new))
+            return new
+        return filtered
 
     def _settimeout(self, stage: Stage) -> None:
         t = self.timeouts.get(stage, 300.0)
@@ -190,6 +207,13 @@ class Connection:
     # -------------------------------------------------------------------------
 
     def queue(self, data: bytes) -> None:
+        """Queue one command (sent with the next flush)."""
+        if self.chat is not None:
+            self.chat.sent(data)
+        self.out += data
+
+    def queue_content(self, data: bytes) -> None:
+        """Queue message content (never logged or recorded)."""
         self.out += data
 
     def flush(self, stage: Stage) -> None:
@@ -215,6 +239,8 @@ class Connection:
             raise SessionError("lost", stage, exc.strerror or "") from None
 
     def write(self, data: bytes, stage: Stage) -> None:
+        if self.chat is not None and stage is not Stage.BODY:
+            self.chat.sent(data)
         self.out += data
         self.flush(stage)
 
@@ -228,6 +254,8 @@ class Connection:
         while True:
             r = self.parser.pop()
             if r is not None:
+                if self.chat is not None:
+                    self.chat.received(r, self.replaced)
                 return r
             if self.deadline:
                 data = self._deadline_io(stage, self.sock.recv, 65536, 0)
