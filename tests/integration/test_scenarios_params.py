@@ -78,6 +78,9 @@ class PCase(Case):
     sessions_check: object = None      # (ours_sessions, stock_sessions)
     xfail: str = ""                    # a known difference from stock (file:line, why)
     max_delay: float = 0.0             # upper bound of the logged delay= (both agents)
+    # the body is cut off at a moment that depends on timing: compare the
+    # wire up to DATA, and check that each body received is a prefix
+    body_cut: bool = False
 
 
 def _dot_separate_and_delayed(min_gap: float, max_gap: float):
@@ -206,7 +209,7 @@ CASES = [
           script=dict(body_read_rate=(65536, 0.1), rcvbuf=65536), message=BIG_MESSAGE,
           main_cf={"smtp_per_request_deadline": "yes", "smtp_data_xfer_timeout": "2s",
                    "smtp_min_data_rate": "10000000"},
-          settled=False,
+          settled=False, body_cut=True,
           check=_line("deferred", "4.4.2", r"timed out while sending message body$")),
     # (twice as fast, half the budget: still seconds of blocked writes)
     PCase("min_data_rate_default_keeps_a_slow_reader_going",
@@ -261,7 +264,13 @@ def test_parameter_scenario_matches_stock(case: PCase, tmp_base, agent_wrapper):
     ours, stock = _run_both(case, tmp_base, agent_wrapper)
     wa = normalise_wire(b"".join(s.client_bytes for s in ours.sessions))
     wb = normalise_wire(b"".join(s.client_bytes for s in stock.sessions))
-    assert wa == wb
+    if case.body_cut:
+        (ha, _, ba), (hb, _, bb) = wa.partition(b"DATA\r\n"), wb.partition(b"DATA\r\n")
+        assert ha == hb
+        short, long_ = sorted((ba, bb), key=len)
+        assert short and long_.startswith(short), (ba[:300], bb[:300])
+    else:
+        assert wa == wb
     la = [normalise_line(ln) for ln in ours.lines]
     lb = [normalise_line(ln) for ln in stock.lines]
     assert sorted(la, key=repr) == sorted(lb, key=repr)
