@@ -227,7 +227,8 @@ class Delivery:
         self._site = site
         dest = destinations.parse_destination(site, self.s.tcp_port, self.s.known_tcp_ports)
         tls = self.s.tls
-        if tls is not None and not tls.wrappermode and dest.port == 465:
+        if (self.s.helpful_warnings and tls is not None and not tls.wrappermode
+                and dest.port == 465):
             self.log.info('SMTPS wrappermode (TCP port 465) requires setting "%s = yes", and '
                           '"%s = encrypt" (or stronger)' % (tls.name("smtp_tls_wrappermode"),
                                                            tls.name("smtp_tls_security_level")))
@@ -431,7 +432,7 @@ class Delivery:
         tls = getattr(conn, "tls", None)
         if tls is not None and not getattr(tls, "proxied", False):
             return False                # in-process TLS state cannot move to another process
-        if conn.ep.family not in (1, 2, 10):
+        if conn.ep.family not in (1, 2, 10) or conn.garbage_seen:
             return False
         return not reuse.expired(getattr(conn, "reuse_count", 0), conn.expire_time,
                                  time.time(), self.s.reuse_count_limit)
@@ -541,7 +542,8 @@ class Delivery:
         if conn is None:
             bind, enforce = self._source_address(ep)
             try:
-                sock = connect(ep, s.connect_timeout, bind, enforce, self.log.warning)
+                sock = connect(ep, s.connect_timeout, bind, enforce, self.log.warning,
+                               s.tcp_windowsize)
             except BindError:
                 # stock: the next address is tried; no "connect to" line
                 self.why = Failure("4.4.0", "server configuration error")
@@ -573,6 +575,7 @@ class Delivery:
         self._final = final
         self._handled = set()
         self._chat = conn.chat
+        conn.on_garbage = lambda reply: self._warn_garbage(conn, reply)
         try:
             try:
                 if conn.cached_features is not None:     # reused: no greeting, EHLO, STARTTLS
@@ -595,12 +598,15 @@ class Delivery:
             if chat is not None:
                 chat.session_end(self.req.sender)     # the postmaster notice, if one is due
             saved = False
-            if conn.good and not conn.dead:
+            if conn.good and not conn.dead and not conn.garbage_seen:
                 try:
                     saved = self._save_session(conn, ep)
                 except Exception as exc:     # never lose the request over the cache
                     self.log.warning("connection cache: %s" % exc)
-            if not saved and (conn.good or conn.quit_later):
+            # a session kept for the cache but spoilt by a protocol error is
+            # closed without QUIT (stock: no longer cached, not expired either)
+            spoilt = conn.good and conn.keep and conn.garbage_seen
+            if not saved and (conn.good or conn.quit_later) and not spoilt:
                 self._quit(conn)             # not cached after all: QUIT at clean-up
             conn.close()
             self._chat_release(conn)
@@ -631,6 +637,23 @@ class Delivery:
 
     def _relay(self, ep: Endpoint) -> str:
         return ep.namaddrport
+
+    def _warn_garbage(self, conn: Connection, reply: Reply) -> None:
+        """smtp_chat_resp(): with PIPELINING on, each non-reply line is a
+        warning (mail may be lost when replies get out of step)."""
+        features = getattr(conn, "features", None)
+        if features is None or not features.pipelining:
+            return
+        from .smtp.reply import garbage_lines
+        lmtp = self.s.personality == "lmtp"
+        for line in garbage_lines(reply):
+            self.log.warning("%s: non-%s response from %s: %.100s" % (
+                self.req.queue_id, "LMTP" if lmtp else "ESMTP", conn.ep.namaddrport, line))
+            if self.s.helpful_warnings:
+                self.log.warning(
+                    "to prevent loss of mail, turn off command pipelining for %s with the "
+                    "%s parameter" % (conn.ep.addr, "lmtp_discard_lhlo_keyword_address_maps"
+                                      if lmtp else "smtp_discard_ehlo_keyword_address_maps"))
 
     def _chat_attach(self, conn: Connection, ep: Endpoint) -> None:
         """A new or reactivated session (stock smtp_session_alloc()): raise the

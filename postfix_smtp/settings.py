@@ -101,6 +101,8 @@ class Settings:
     scache_path: str = "private/scache"
     scache_timeout: float = 5.0
     per_request_deadline: bool = False     # smtp_per_request_deadline
+    helpful_warnings: bool = True          # helpful_warnings
+    tcp_windowsize: int = 0                # tcp_windowsize
     min_data_rate: int = 500               # smtp_min_data_rate
     ipc_idle: float = 5.0
     ipc_ttl: float = 1000.0
@@ -161,6 +163,8 @@ class Settings:
             helo_name=p.sget("smtp_helo_name"),
             timeouts=timeouts,
             per_request_deadline=p.sbool("smtp_per_request_deadline"),
+            helpful_warnings=p.get_bool("helpful_warnings"),
+            tcp_windowsize=max(0, p.get_int("tcp_windowsize")),
             min_data_rate=min_data_rate,
             connect_timeout=p.stime("smtp_connect_timeout"),
             ipc_timeout=p.get_time("ipc_timeout"),

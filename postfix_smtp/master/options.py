@@ -35,6 +35,7 @@ class Options:
     max_use: str | None = None                         # -m
     listen_fds: int = 1                                # -s
     flags: str = ""                                    # letters from flags=...
+    flags_word: str = "flags="                         # the last flags=... as given
     extra: list = field(default_factory=list)
 
 
@@ -73,6 +74,7 @@ def parse(argv: list) -> Options:
             if bad:
                 raise UsageError("unknown flag: %s in %s" % (bad[0], word))
             o.flags = letters.upper()
+            o.flags_word = word
         else:
             raise UsageError("unknown attribute name: %s" % word)
     return o

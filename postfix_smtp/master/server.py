@@ -100,8 +100,14 @@ def _run(argv: list, personality: str, log) -> int:
     if o.max_idle is not None:
         settings.max_idle = float(o.max_idle)
 
+    flags = o.flags
+    if (personality == "lmtp" and "X" not in flags
+            and params.get_bool("lmtp_assume_final")):      # obsolete: flags=X
+        flags += "X"
+        log.warning('%s is obsolete; instead, specify "%sX" in %s'
+                    % ("lmtp_assume_final", o.flags_word, "master.cf"))
     from ..agent import Agent
-    agent = Agent(settings, log, o.flags)
+    agent = Agent(settings, log, flags)
 
     if o.stdio:       # -S: one request on stdin/stdout (for testing by hand)
         os.chdir(settings.queue_directory)

@@ -67,6 +67,18 @@ class Reply:
         return first + ".0.0"
 
 
+def garbage_lines(reply: "Reply") -> list:
+    """The lines of a garbled reply that are not reply lines ("DDD", "DDD "
+    or "DDD-" at the start), as smtp_chat_resp() flags them."""
+    out = []
+    for ln in reply.lines:
+        head = ln[:3]
+        if len(head) == 3 and head.isdigit() and head.isascii() and ln[3:4] in ("", " ", "-"):
+            continue
+        out.append(ln)
+    return out
+
+
 @dataclass
 class ReplyParser:
     """Feed raw bytes; collect complete :class:`Reply` objects.

@@ -64,14 +64,22 @@ class BindError(ConnectError):
 
 
 def connect(ep: Endpoint, timeout: float, bind_addr: str | None = None,
-            enforce: bool = False, warn=None) -> socket.socket:
+            enforce: bool = False, warn=None, windowsize: int = 0) -> socket.socket:
     """A connected socket.  A failed bind() to ``bind_addr`` is reported
     through ``warn`` (stock's smtp_connect_addr warning); with ``enforce`` it
-    raises BindError, otherwise the kernel picks the source address."""
+    raises BindError, otherwise the kernel picks the source address.
+    ``windowsize`` > 0 (tcp_windowsize) sets both socket buffer sizes."""
     if ep.family == socket.AF_UNIX:
         return _connect_unix(ep.addr, timeout)
     sock = socket.socket(ep.family, socket.SOCK_STREAM)
     try:
+        if windowsize > 0:
+            for opt, name in ((socket.SO_SNDBUF, "SO_SNDBUF"), (socket.SO_RCVBUF, "SO_RCVBUF")):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, windowsize)
+                except OSError as exc:
+                    if warn is not None:
+                        warn("setsockopt %s %d: %s" % (name, windowsize, exc.strerror or exc))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if bind_addr:
             try:
@@ -117,6 +125,8 @@ _HELO_STAGES = frozenset((Stage.GREETING, Stage.EHLO, Stage.HELO, Stage.LHLO))
 
 
 class Connection:
+    garbage_seen = False      # a reply had non-reply lines (never cache this session)
+    on_garbage = None         # callable(reply) for the caller's warnings
     #: postfix_smtp.smtp.chat.Chat: the session's debug transcript and history
     #: (set by the delivery only when it has a use; message content never goes there)
     chat = None
@@ -256,6 +266,12 @@ class Connection:
             if r is not None:
                 if self.chat is not None:
                     self.chat.received(r, self.replaced)
+                if r.garbled:
+                    # a protocol error: the session is not cached (stock
+                    # DONT_CACHE_THIS_SESSION); the caller may warn
+                    self.garbage_seen = True
+                    if self.on_garbage is not None:
+                        self.on_garbage(r)
                 return r
             if self.deadline:
                 data = self._deadline_io(stage, self.sock.recv, 65536, 0)

@@ -162,6 +162,12 @@ class Session:
             self.peer_addr, len(self.commands), len(self.messages), self.closed.is_set())
 
 
+def _final_line(reply: str) -> str:
+    """The line of a (multi-line) reply that carries its code: the last one."""
+    lines = reply.rstrip("\r\n").split("\r\n")
+    return lines[-1] if lines else ""
+
+
 def unstuff(content: bytes) -> bytes:
     """Undo SMTP dot-stuffing of DATA content as recorded in Session.messages."""
     return re.sub(rb"(?m)^\.", b"", content) if content else content
@@ -538,7 +544,7 @@ class SmtpPeer:
                     self._reply(c, session, "mail", line, "503 5.5.1 Error: nested MAIL command")
                     continue
                 r = self._reply(c, session, "mail", line, s.mail_reply)
-                if r.startswith("2"):
+                if _final_line(r).startswith("2"):
                     mail_from, rcpts, accepted = line, [], []
                     session.envelopes.append(Envelope(line, rcpts, accepted))
                     self._notify()
@@ -549,7 +555,7 @@ class SmtpPeer:
                     continue
                 rcpts.append(line)
                 r = self._reply(c, session, "rcpt", line, s.rcpt_reply)
-                if r.startswith("2"):
+                if _final_line(r).startswith("2"):
                     accepted.append(line)
             elif verb == "DATA":
                 self._drop(session, "data")
@@ -560,7 +566,7 @@ class SmtpPeer:
                     self._reply(c, session, "data", line, "554 5.5.1 Error: no valid recipients")
                     continue
                 r = self._reply(c, session, "data", line, s.data_reply)
-                if not r.startswith("3"):
+                if not _final_line(r).startswith("3"):
                     continue
                 if s.stall_body > 0:
                     session.dropped_at = "body"

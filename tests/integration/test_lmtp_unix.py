@@ -318,3 +318,18 @@ def test_inet_prefix_as_stock(tmp_base, lmtp_agent):
     assert stock.to_lines()[0]["status"] == "sent"
     assert [normalise_wire(s.client_bytes) for s in opeer.sessions] == \
         [normalise_wire(s.client_bytes) for s in speer.sessions]
+
+
+def test_obsolete_lmtp_assume_final_like_stock(tmp_base, lmtp_agent):
+    """lmtp_assume_final = yes: stock's warning (specify flags=X instead);
+    the delivery itself is unchanged (without the parameter: no warning)."""
+    kw = dict(script=lmtp_script(ehlo_lines=["peer.test.invalid", "PIPELINING"]),
+              messages=(("ok@dest.test.invalid",),),
+              main_cf={"lmtp_assume_final": "yes"})
+    ours, stock = both(tmp_base, lmtp_agent, **kw)
+    warning = ('warning: lmtp_assume_final is obsolete; instead, specify "flags=X" '
+               'in master.cf')
+    assert warning in stock.others(), stock.others()
+    assert ours.others() == stock.others()
+    assert ours.to_lines() == stock.to_lines()
+    assert ours.wire() == stock.wire()

@@ -15,6 +15,7 @@ already closed its end while the peer was still holding back a reply.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -346,3 +347,66 @@ def test_connect_timeout_matches_stock(tmp_base, agent_wrapper):
     assert a["reason"] == "connect to 127.0.0.1[127.0.0.1]:PORT: Connection timed out", a
     assert t_ours < 25          # 1 s, not the 30 s default (plus instance start/stop)
     assert not ours.sessions and not stock.sessions
+
+
+# --- garbage in a reply on a PIPELINING session ------------------------------------
+
+def _warnings(outcome, pattern):
+    out = []
+    for ln in outcome.all_log:
+        m = re.search(r"postfix/smtp\[\d+\]: (warning: .*)$", ln)
+        if m and re.search(pattern, m.group(1)):
+            out.append(re.sub(r"\b[0-9A-F]{10,12}\b", "QID", re.sub(r"\]:\d+", "]:PORT",
+                                                                        m.group(1))))
+    return out
+
+
+def _garbage_run(base, agent, helpful: str, garbage: bool):
+    """One message to a cached destination; returns (warnings, commands,
+    whether the peer saw the connection closed 1.5 s after delivery)."""
+    from postfix_smtp.testing.instance import PostfixInstance
+    from postfix_smtp.testing.peer import SmtpPeer
+    reply = "this is not an SMTP reply\n250 2.1.0 Ok" if garbage else "250 2.1.0 Ok"
+    peer = SmtpPeer(PeerScript(mail_reply=reply), max_lifetime=60)
+    peer.start()
+    cf = dict(CACHE, helpful_warnings=helpful)
+    os.makedirs(base, mode=0o755, exist_ok=True)
+    inst = PostfixInstance(base, relayhost="[127.0.0.1]:%d" % peer.port, agent=agent,
+                           main_cf=cf, max_lifetime=120)
+    try:
+        inst.start()
+        inst.sendmail(b"Subject: garbage\n\nhello\n", "alice@src.test.invalid",
+                      ["bob@dest.test.invalid"])
+        inst.expect_log(r"to=<bob@dest\.test\.invalid>.*status=sent", timeout=30)
+        closed = peer.sessions[0].closed.wait(1.5)
+        wire = [x.commands for x in peer.sessions]
+
+        class _Out:
+            all_log = inst.log_lines()
+        return _warnings(_Out, "non-ESMTP|prevent loss"), wire, closed
+    finally:
+        inst.stop()
+        peer.stop()
+
+
+@pytest.mark.parametrize("helpful", ["yes", "no"])
+def test_garbage_in_a_pipelined_reply_warns_and_is_not_cached_like_stock(
+        tmp_base, agent_wrapper, helpful):
+    """A non-reply line before the MAIL FROM reply: stock warns (and, with
+    helpful_warnings, says how to turn pipelining off) and does not keep the
+    session for the cache: it closes the connection (no QUIT) at once; the
+    same delivery without the garbage stays open in the cache."""
+    ours = _garbage_run(os.path.join(tmp_base, "agent"), agent_wrapper, helpful, True)
+    stock = _garbage_run(os.path.join(tmp_base, "stock"), None, helpful, True)
+    assert ours == stock
+    expect = ["warning: QID: non-ESMTP response from 127.0.0.1[127.0.0.1]:PORT: "
+              "this is not an SMTP reply"]
+    if helpful == "yes":
+        expect.append("warning: to prevent loss of mail, turn off command pipelining for "
+                      "127.0.0.1 with the smtp_discard_ehlo_keyword_address_maps parameter")
+    assert ours[0] == expect
+    assert ours[2] is True                       # closed, not cached
+    if helpful == "yes":                         # the control: a clean reply is cached
+        control = _garbage_run(os.path.join(tmp_base, "control"), agent_wrapper, helpful,
+                               False)
+        assert control[0] == [] and control[2] is False

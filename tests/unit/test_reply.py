@@ -300,3 +300,13 @@ def test_line_filter_error_propagates():
     p = ReplyParser(line_filter=flt)
     with pytest.raises(ReplyFilterError):
         p.feed(b"220 hello\r\n")
+
+
+def test_garbage_lines_of_a_garbled_reply():
+    from postfix_smtp.smtp.reply import garbage_lines
+    p = ReplyParser()
+    p.feed(b"hello there\r\n25x\r\n250-ok\r\n250\r\n")
+    r = p.pop()
+    assert r.garbled and garbage_lines(r) == ["hello there", "25x"]
+    p.feed(b"250 fine\r\n")
+    assert garbage_lines(p.pop()) == []

@@ -170,6 +170,30 @@ def test_settings_read_the_parameters(tmp_path):
     s = Settings.from_params(Params.load(str(tmp_path), overrides=[
         ("smtp_per_request_deadline", "yes"), ("smtp_min_data_rate", "20")]), "smtp")
     assert (s.per_request_deadline, s.min_data_rate) == (True, 20)
+    s = Settings.from_params(Params.load(str(tmp_path), overrides=[
+        ("tcp_windowsize", "65536"), ("helpful_warnings", "no")]), "smtp")
+    assert (s.tcp_windowsize, s.helpful_warnings) == (65536, False)
     with pytest.raises(ConfigError, match="invalid smtp_min_data_rate parameter value 0 < 1"):
         Settings.from_params(Params.load(str(tmp_path), overrides=[
             ("smtp_min_data_rate", "0")]), "smtp")
+
+
+def test_tcp_windowsize_sets_both_buffers():
+    from postfix_smtp.smtp.session import connect
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    try:
+        ep = Endpoint("x", "127.0.0.1", ls.getsockname()[1])
+        default = connect(ep, 5)
+        small = connect(ep, 5, windowsize=8192)
+        try:
+            # Linux doubles the value it is given
+            assert small.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 16384
+            assert small.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 16384
+            assert default.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) != 16384
+        finally:
+            default.close()
+            small.close()
+    finally:
+        ls.close()
