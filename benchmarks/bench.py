@@ -154,7 +154,8 @@ def service_of(cmd: list) -> str:
     """The Postfix service a child of master runs ("smtp" for both agents)."""
     if not cmd:
         return ""
-    if "postfix_smtp" in cmd:
+    # "-m postfix_smtp", or the installed wrapper's "-c ... postfix_smtp ..."
+    if any("postfix_smtp" in word for word in cmd[:6]):
         return "smtp"
     # the wrapper phase: /bin/sh DIR/libexec/smtp -t unix -u
     for word in cmd[:2]:
