@@ -96,9 +96,10 @@ class PeerScript:
     # (bytes, seconds): read the message body at most this many bytes at a
     # time, pausing between reads (a slow server)
     body_read_rate: Optional[Tuple[int, float]] = None
-    # (stage, chunk): at that stage send ``chunk`` over and over instead of a
-    # reply, until the client goes away (a flooding server)
-    flood: Optional[Tuple[str, bytes]] = None
+    # (stage, chunk[, pause]): at that stage send ``chunk`` over and over
+    # instead of a reply, ``pause`` seconds apart, until the client goes away
+    # (a flooding server)
+    flood: Optional[tuple] = None
 
     def server_context(self) -> Optional[ssl.SSLContext]:
         if self.tls_context is not None:
@@ -416,9 +417,12 @@ class SmtpPeer:
         """Compute, delay and send a reply; returns it as text ("" if nothing sent)."""
         s = self.script
         if s.flood is not None and s.flood[0] == stage:
+            pause = s.flood[2] if len(s.flood) > 2 else 0.0
             while not self._stop.is_set() and time.monotonic() < self._deadline:
                 c.sock.settimeout(5)
                 c.sock.sendall(s.flood[1])      # not recorded: it would grow without end
+                if pause:
+                    time.sleep(pause)
             raise _Dropped("flood over")
         reply: Reply = spec(line) if callable(spec) else spec
         if s.before_reply is not None:
@@ -632,3 +636,50 @@ class SmtpPeer:
             else:
                 self._reply(c, session, "other", line,
                             "502 5.5.2 Error: command not recognized")
+
+
+class UnixSmtpPeer(SmtpPeer):
+    """The scripted server on a UNIX-domain socket at ``path`` (LMTP's
+    ``unix:`` next-hops).  ``owner`` (a user name) gets the socket, mode
+    0600, so that an unprivileged delivery agent running as that user may
+    connect; None leaves it to the creating user."""
+
+    def __init__(self, script: Optional[PeerScript], path: str, owner: Optional[str] = None,
+                 max_lifetime: float = 120) -> None:
+        super().__init__(script, max_lifetime=max_lifetime)
+        self.path = path
+        self.owner = owner
+
+    @property
+    def address(self) -> str:
+        return "unix:" + self.path
+
+    def start(self) -> None:
+        import os
+        if self._listener is not None:
+            raise RuntimeError("UnixSmtpPeer already started")
+        if os.path.lexists(self.path):
+            os.unlink(self.path)
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind(self.path)
+        if self.owner is not None:
+            import pwd
+            pw = pwd.getpwnam(self.owner)
+            os.chown(self.path, pw.pw_uid, pw.pw_gid)
+            os.chmod(self.path, 0o600)
+        ls.listen(16)
+        ls.settimeout(0.2)
+        self._listener = ls
+        self._deadline = time.monotonic() + self.max_lifetime
+        self._stop.clear()
+        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                               name="UnixSmtpPeer-accept")
+        self._accept_thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        import os
+        super().stop(timeout)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass

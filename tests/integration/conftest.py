@@ -89,3 +89,43 @@ def agent_wrapper(_agent_source):
     """A postfix_smtp.install.Wrapper that runs this checkout's agent."""
     python, path = _agent_source
     return Wrapper(python=python, pythonpath=path)
+
+
+# --- TLS: the agent with pyOpenSSL, the test PKI -------------------------------------
+
+def python_with_openssl():
+    """An interpreter that can import pyOpenSSL: POSTFIX_SMTP_PYTHON, the
+    project venv, or this one; None if none can."""
+    import subprocess
+    for p in (os.environ.get("POSTFIX_SMTP_PYTHON"), "/opt/postfix_smtp/venv/bin/python",
+              sys.executable):
+        if p and os.access(p, os.X_OK) and subprocess.run(
+                [p, "-c", "import OpenSSL"], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL).returncode == 0:
+            return p
+    return None
+
+
+@pytest.fixture(scope="module")
+def tls_agent():
+    """The agent from this checkout, run by an interpreter that has pyOpenSSL."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    python = python_with_openssl()
+    if python is None:
+        pytest.fail("no interpreter with pyOpenSSL for the agent (set POSTFIX_SMTP_PYTHON)")
+    path, cleanup = postfix_readable_source_root(os.path.join(REPO_ROOT, "postfix_smtp"))
+    yield Wrapper(python=python, pythonpath=path)
+    if cleanup:
+        shutil.rmtree(cleanup, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pki():
+    """A test CA with good, expired, wrong-name, ... certificates
+    (postfix_smtp.testing.tlscerts)."""
+    from postfix_smtp.testing.tlscerts import make_pki
+    d = tempfile.mkdtemp(prefix="pfsmtp-pki-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield make_pki(d)
+    shutil.rmtree(d, ignore_errors=True)

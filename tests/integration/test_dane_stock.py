@@ -33,7 +33,7 @@ from postfix_smtp.testing.dnsserver import (DnsTestServer, ResolverPostfixInstan
                                             free_loopback_address, resolv_conf_text,
                                             tlsa_rdata)
 from postfix_smtp.testing.instance import LOOPBACK, PostfixInstance, port_open
-from postfix_smtp.testing.tlscerts import SERVER_NAME, make_pki
+from postfix_smtp.testing.tlscerts import SERVER_NAME
 
 SENDER = "alice@src.test.invalid"
 MESSAGE = b"Subject: dane test\n\nhello over DANE\n"
@@ -43,14 +43,6 @@ DOMAIN["ta"] = SERVER_NAME.split(".", 1)[1]
 AGENT_LINE = re.compile(r"postfix/(?:relay/)?smtp\[\d+\]: (.*)$")
 TLS_LINE = re.compile(r"TLS connection|verification failed|TLS is required|Server certificate|"
                       r"Cannot start TLS|TLS policy|TLSA|DANE|dnssec|DNSSEC|peername|subject_CN")
-
-
-@pytest.fixture(scope="module")
-def pki():
-    d = tempfile.mkdtemp(prefix="pfsmtp-pki-", dir="/tmp")
-    os.chmod(d, 0o755)
-    yield make_pki(d)
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,12 @@ import os
 import pwd
 import re
 import socket
-import threading
 import time
 
 import pytest
 
 from postfix_smtp.testing.instance import PostfixInstance
-from postfix_smtp.testing.peer import PeerScript, SmtpPeer
+from postfix_smtp.testing.peer import PeerScript, SmtpPeer, UnixSmtpPeer
 from postfix_smtp.valueclass import replace
 
 from test_delivery import normalise_line, normalise_wire
@@ -63,39 +62,12 @@ BASE_CF = {
 
 
 
-class UnixLmtpPeer(SmtpPeer):
+class UnixLmtpPeer(UnixSmtpPeer):
     """The scripted LMTP server on a UNIX-domain socket at ``path``, owned by
-    postfix (mode 0600) so that the unprivileged delivery agent may connect."""
+    postfix (mode 0600) so that the unprivileged agent may connect."""
 
     def __init__(self, script: PeerScript, path: str, max_lifetime: float = 120) -> None:
-        super().__init__(script, max_lifetime=max_lifetime)
-        self.path = path
-
-    def start(self) -> None:
-        if self._listener is not None:
-            raise RuntimeError("already started")
-        if os.path.lexists(self.path):
-            os.unlink(self.path)
-        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        ls.bind(self.path)
-        pf = pwd.getpwnam("postfix")
-        os.chown(self.path, pf.pw_uid, pf.pw_gid)
-        os.chmod(self.path, 0o600)
-        ls.listen(16)
-        ls.settimeout(0.2)
-        self._listener = ls
-        self._deadline = time.monotonic() + self.max_lifetime
-        self._stop.clear()
-        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
-                                               name="UnixLmtpPeer-accept")
-        self._accept_thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        super().stop(timeout)
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        super().__init__(script, path, owner="postfix", max_lifetime=max_lifetime)
 
 
 def _rcpt(line: str) -> str:

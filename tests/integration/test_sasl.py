@@ -331,15 +331,6 @@ def test_chroot_with_root_only_table_and_failure_cache(tmp_base, agent_wrapper, 
 
 # --- over STARTTLS: which security options apply ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def pki():
-    from postfix_smtp.testing.tlscerts import make_pki
-    d = tempfile.mkdtemp(prefix="pfsmtp-pki-", dir="/tmp")
-    os.chmod(d, 0o755)
-    yield make_pki(d)
-    cleanup(d)
-
-
 def tls_recv(pki, **extra):
     """smtpd offers STARTTLS, and AUTH (PLAIN and LOGIN only) only inside TLS."""
     cf = {"smtpd_tls_security_level": "may", "smtpd_tls_cert_file": pki.cert("good"),

@@ -14,17 +14,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
-from postfix_smtp.install import Wrapper
 from postfix_smtp.testing.instance import LOOPBACK, PostfixInstance, free_port
 from postfix_smtp.testing.peer import PeerScript, SmtpPeer
-from postfix_smtp.testing.tlscerts import SERVER_NAME, fingerprint, make_pki
+from postfix_smtp.testing.tlscerts import SERVER_NAME, fingerprint
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,39 +34,6 @@ AGENT_LINE = re.compile(r"postfix/(?:relay/)?smtp\[\d+\]: (.*)$")
 TLS_LINE = re.compile(r"TLS connection|verification failed|SSL_connect error|TLS is required|"
                       r"Server certificate|Cannot start TLS|TLS policy|requires \"|"
                       r"offered STARTTLS|fingerprint|Invalid TLS|trust anchor")
-
-
-def _python_with_openssl():
-    cands = [os.environ.get("POSTFIX_SMTP_PYTHON"), "/opt/postfix_smtp/venv/bin/python",
-             sys.executable]
-    for p in cands:
-        if p and os.access(p, os.X_OK):
-            r = subprocess.run([p, "-c", "import OpenSSL"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-            if r.returncode == 0:
-                return p
-    return None
-
-
-@pytest.fixture(scope="module")
-def tls_agent():
-    """The agent from this checkout, run by an interpreter that has pyOpenSSL."""
-    from postfix_smtp.testing.instance import postfix_readable_source_root
-    python = _python_with_openssl()
-    if python is None:
-        pytest.fail("no interpreter with pyOpenSSL for the agent (set POSTFIX_SMTP_PYTHON)")
-    path, cleanup = postfix_readable_source_root(os.path.join(REPO_ROOT, "postfix_smtp"))
-    yield Wrapper(python=python, pythonpath=path)
-    if cleanup:
-        shutil.rmtree(cleanup, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pki():
-    d = tempfile.mkdtemp(prefix="pfsmtp-pki-", dir="/tmp")
-    os.chmod(d, 0o755)
-    yield make_pki(d)
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

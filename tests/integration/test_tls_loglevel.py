@@ -28,11 +28,10 @@ import time
 
 import pytest
 
-from postfix_smtp.install import Wrapper
 from postfix_smtp.testing.instance import PostfixInstance, port_open
 from postfix_smtp.testing.peer import PeerScript, SmtpPeer
 from postfix_smtp.testing.tlscerts import SERVER_NAME, make_pki
-from test_tls import _python_with_openssl, deliver
+from test_tls import deliver
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -43,26 +42,6 @@ SPACES = re.compile(r"^([0-9a-f]{4}) - <SPACES/NULLS>$")
 CHARS = re.compile(r"^(Read|Write) (\d+) chars: (.*)$")
 ESTABLISHED = "TLS connection established to "
 TICKET_STATE = "SSL_connect:SSLv3/TLS read server session ticket"
-
-
-@pytest.fixture(scope="module")
-def tls_agent():
-    from postfix_smtp.testing.instance import postfix_readable_source_root
-    python = _python_with_openssl()
-    if python is None:
-        pytest.fail("no interpreter with pyOpenSSL for the agent (set POSTFIX_SMTP_PYTHON)")
-    path, cleanup = postfix_readable_source_root(os.path.join(REPO_ROOT, "postfix_smtp"))
-    yield Wrapper(python=python, pythonpath=path)
-    if cleanup:
-        shutil.rmtree(cleanup, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pki():
-    d = tempfile.mkdtemp(prefix="pfsmtp-pki-", dir="/tmp")
-    os.chmod(d, 0o755)
-    yield make_pki(d)
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 
-from postfix_smtp.install import Wrapper
 from postfix_smtp.testing.instance import PostfixInstance
 from postfix_smtp.testing.peer import PeerScript, SmtpPeer
 from postfix_smtp.testing.tlscerts import SERVER_NAME, fingerprint, make_pki
@@ -336,32 +335,6 @@ def run_group(base: str, agent, scens: List[Scen], main_cf: Dict[str, str],
     return {s.name: Result(got.get(s.name, []), normalise(got.get(s.name, []), ports),
                            peers[s.name].sessions if s.name in peers else [])
             for s in scens}
-
-
-def _python_with_openssl():
-    cands = [os.environ.get("POSTFIX_SMTP_PYTHON"), "/opt/postfix_smtp/venv/bin/python"]
-    for p in cands:
-        if p and os.access(p, os.X_OK):
-            r = subprocess.run([p, "-c", "import OpenSSL"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-            if r.returncode == 0:
-                return p
-    return None
-
-
-@pytest.fixture(scope="module")
-def tls_agent():
-    """The agent from this checkout, run by an interpreter that has pyOpenSSL."""
-    from postfix_smtp.testing.instance import postfix_readable_source_root
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    python = _python_with_openssl()
-    if python is None:
-        pytest.fail("no interpreter with pyOpenSSL for the agent (set POSTFIX_SMTP_PYTHON)")
-    path, cleanup = postfix_readable_source_root(os.path.join(REPO_ROOT, "postfix_smtp"))
-    yield Wrapper(python=python, pythonpath=path)
-    if cleanup:
-        shutil.rmtree(cleanup, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import pytest
 
-from postfix_smtp.install import Wrapper
 from postfix_smtp.testing.instance import PostfixInstance
 from postfix_smtp.testing.peer import PeerScript, SmtpPeer
-from postfix_smtp.testing.tlscerts import SERVER_NAME, fingerprint, make_pki
+from postfix_smtp.testing.tlscerts import SERVER_NAME, fingerprint
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -70,36 +65,11 @@ class TlsproxyInstance(PostfixInstance):
         self._age_config()
 
 
-def _python_with_openssl():
-    for p in (os.environ.get("POSTFIX_SMTP_PYTHON"), "/opt/postfix_smtp/venv/bin/python",
-              sys.executable):
-        if p and os.access(p, os.X_OK) and subprocess.run(
-                [p, "-c", "import OpenSSL"], stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL).returncode == 0:
-            return p
-    return None
-
-
 @pytest.fixture(scope="module")
-def agent():
+def agent(tls_agent):
     """This checkout's agent (with pyOpenSSL for the in-process TLS of the
     sessions that are not reused)."""
-    from postfix_smtp.testing.instance import postfix_readable_source_root
-    python = _python_with_openssl()
-    if python is None:
-        pytest.fail("no interpreter with pyOpenSSL for the agent (set POSTFIX_SMTP_PYTHON)")
-    path, cleanup = postfix_readable_source_root(os.path.join(REPO_ROOT, "postfix_smtp"))
-    yield Wrapper(python=python, pythonpath=path)
-    if cleanup:
-        shutil.rmtree(cleanup, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pki():
-    d = tempfile.mkdtemp(prefix="pfsmtp-pki-", dir="/tmp")
-    os.chmod(d, 0o755)
-    yield make_pki(d)
-    shutil.rmtree(d, ignore_errors=True)
+    return tls_agent
 
 
 class Result:

@@ -20,14 +20,12 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
-import time
 
 import pytest
 
 from postfix_smtp.testing.fakes import (FakeQmgr, FakeQueue, QmgrRecipient, ReportServices,
                                         make_agent)
-from postfix_smtp.testing.peer import PeerScript, SmtpPeer
+from postfix_smtp.testing.peer import PeerScript, SmtpPeer, UnixSmtpPeer
 
 QID = "4384B210A35"
 SENDER = "sender@example.com"
@@ -37,35 +35,11 @@ SOCK = "private/lmtp"
 
 
 
-class UnixLmtpPeer(SmtpPeer):
-    """The scripted peer, listening on a UNIX-domain socket at ``path``."""
+class UnixLmtpPeer(UnixSmtpPeer):
+    """The scripted LMTP server on a UNIX-domain socket at ``path``."""
 
     def __init__(self, script: PeerScript, path: str, max_lifetime: float = 30) -> None:
-        super().__init__(script, max_lifetime=max_lifetime)
-        self.path = path
-
-    def start(self) -> None:
-        if self._listener is not None:
-            raise RuntimeError("already started")
-        if os.path.lexists(self.path):
-            os.unlink(self.path)
-        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        ls.bind(self.path)
-        ls.listen(16)
-        ls.settimeout(0.2)
-        self._listener = ls
-        self._deadline = time.monotonic() + self.max_lifetime
-        self._stop.clear()
-        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
-                                               name="UnixLmtpPeer-accept")
-        self._accept_thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        super().stop(timeout)
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        super().__init__(script, path, max_lifetime=max_lifetime)
 
 
 def _rcpt(line: str) -> str:
