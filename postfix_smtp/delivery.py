@@ -25,7 +25,7 @@ from .smtp.address import quote_821, quote_822, xtext
 from .smtp.content import TextEncoder
 from .smtp.protocol import (EHLO_MASK_NAMES, IN_REPLY_TO, STAGE_INFO, Features, Stage, Transaction,
                             greeting_says_esmtp, parse_ehlo)
-from .smtp.reply import Reply, ReplyParser
+from .smtp.reply import Reply
 from .smtp.session import BindError, Connection, ConnectError, Endpoint, SessionError, connect
 
 CONTENT_CHUNK = 65536
@@ -879,7 +879,6 @@ class Delivery:
             self._start_tls_proxy(conn, ep)
             return
         from .tls import client as tlsclient
-        from .tls.config import LEV_MAY, must_match
         conn.flush(Stage.STARTTLS)
         try:
             tsock = tlsclient.start(conn.sock, policy, cfg, nexthop=dest.host, host=ep.host,
@@ -887,20 +886,38 @@ class Delivery:
                                     service=self.s.service_name, dest=dest.text, addr=ep.addr,
                                     helo=self.s.helo_name)
         except (tlsclient.TlsError, tlsclient.TlsEngineError):
-            conn.dead = True             # the peer is in an undefined state: no QUIT
-            final = self._final
-            if self._plaintext_fallback_ok(policy, ep):
-                self._retry_plain = True          # RETRY_AS_PLAINTEXT
-                final = False
-            self._bulk_fail(Dsn(status="4.7.5", reason="Cannot start TLS: handshake failure"),
-                            self._relay(ep), final, throttle=policy.level != LEV_MAY)
-            raise _SessionDone from None
-        conn.sock = tsock
-        conn.tls = tsock
-        conn.out.clear()
-        conn.parser = ReplyParser(utf8=self.s.smtputf8_enable, line_limit=self.s.reply_line_limit,
-                                  line_filter=conn.parser.line_filter)
-        if must_match(tsock.level) and not tsock.matched:
+            self._tls_handshake_failed(conn, ep)
+        self._tls_established(conn, ep, tsock, tsock)
+
+    def _tls_handshake_failed(self, conn: Connection, ep: Endpoint) -> None:
+        """No TLS session (in-process or through tlsproxy): "Cannot start TLS",
+        the same address again in plaintext where stock allows it."""
+        from .tls.config import LEV_MAY
+        policy = conn.tls_policy
+        conn.dead = True             # the peer is in an undefined state: no QUIT
+        final = self._final
+        if self._plaintext_fallback_ok(policy, ep):
+            self._retry_plain = True          # RETRY_AS_PLAINTEXT
+            final = False
+        self._bulk_fail(Dsn(status="4.7.5", reason="Cannot start TLS: handshake failure"),
+                        self._relay(ep), final, throttle=policy.level != LEV_MAY)
+        raise _SessionDone
+
+    def _tls_established(self, conn: Connection, ep: Endpoint, sock, tls,
+                         rest: bytes = b"") -> None:
+        """Go on over the TLS stream ``sock`` (``rest``: server bytes already
+        read); a certificate the policy requires but did not get ends the session."""
+        from .tls.config import must_match
+        conn.restart(sock)
+        conn.tls = tls
+        if rest:                         # the server spoke right after the handshake
+            from .smtp.reply import ReplyFilterError
+            try:
+                conn.parser.feed(rest)
+            except ReplyFilterError:
+                conn.dead = True
+                raise SessionError("data", Stage.GREETING) from None
+        if must_match(tls.level) and not tls.matched:
             self._tls_fail(ep, "4.7.5", "Server certificate not verified", True, conn)
 
     def _start_tls_proxy(self, conn: Connection, ep: Endpoint) -> None:
@@ -908,7 +925,6 @@ class Delivery:
         the agent talks SMTP over its plaintext stream to the proxy, which
         scache(8) can keep (no fallback to the in-process engine, as stock)."""
         from .tls import proxy
-        from .tls.config import LEV_MAY, must_match
         cfg, policy, dest = self.s.tls, conn.tls_policy, conn.tls_dest
         conn.flush(Stage.STARTTLS)
         p = cfg.params
@@ -919,34 +935,13 @@ class Delivery:
                           service_name=(p.get("tlsproxy_service_name") if p is not None
                                         else "") or "tlsproxy", log=self.log)
         if got is None:
-            conn.dead = True             # the peer is in an undefined state: no QUIT
-            final = self._final
-            if self._plaintext_fallback_ok(policy, ep):
-                self._retry_plain = True          # RETRY_AS_PLAINTEXT
-                final = False
-            self._bulk_fail(Dsn(status="4.7.5", reason="Cannot start TLS: handshake failure"),
-                            self._relay(ep), final, throttle=policy.level != LEV_MAY)
-            raise _SessionDone
+            self._tls_handshake_failed(conn, ep)
         psock, ctx, rest = got
         try:
             conn.sock.close()            # tlsproxy has its own copy of the TCP socket
         except OSError:
             pass
-        conn.sock = psock
-        conn._timeout = -1               # a new socket: set the timeout on first use
-        conn.tls = ctx
-        conn.out.clear()
-        conn.parser = ReplyParser(utf8=self.s.smtputf8_enable, line_limit=self.s.reply_line_limit,
-                                  line_filter=conn.parser.line_filter)
-        if rest:                         # the server spoke right after the handshake
-            from .smtp.reply import ReplyFilterError
-            try:
-                conn.parser.feed(rest)
-            except ReplyFilterError:
-                conn.dead = True
-                raise SessionError("data", Stage.GREETING) from None
-        if must_match(ctx.level) and not ctx.matched:
-            self._tls_fail(ep, "4.7.5", "Server certificate not verified", True, conn)
+        self._tls_established(conn, ep, psock, ctx, rest)
 
     def _refused(self, conn: Connection, ep: Endpoint, reply: Reply, status: str | None = None):
         """Site failure "host X refused to talk to me", QUIT, leave the session."""

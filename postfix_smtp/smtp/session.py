@@ -94,12 +94,8 @@ def connect(ep: Endpoint, timeout: float, bind_addr: str | None = None,
         sock.settimeout(timeout if timeout > 0 else None)
         sock.connect((ep.addr, ep.port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except socket.timeout:
-        sock.close()
-        raise ConnectError("Connection timed out") from None
     except OSError as exc:
-        sock.close()
-        raise ConnectError(exc.strerror or str(exc)) from None
+        raise _connect_failed(sock, exc) from None
     return sock
 
 
@@ -110,13 +106,17 @@ def _connect_unix(path: str, timeout: float) -> socket.socket:
     try:
         sock.settimeout(timeout if timeout > 0 else None)
         sock.connect(path)
-    except socket.timeout:
-        sock.close()
-        raise ConnectError("Connection timed out") from None
     except OSError as exc:
-        sock.close()
-        raise ConnectError(exc.strerror or str(exc)) from None
+        raise _connect_failed(sock, exc) from None
     return sock
+
+
+def _connect_failed(sock: socket.socket, exc: OSError) -> ConnectError:
+    """Close ``sock``; the ConnectError with stock's text for ``exc``."""
+    sock.close()
+    if isinstance(exc, socket.timeout):
+        return ConnectError("Connection timed out")
+    return ConnectError(exc.strerror or str(exc))
 
 
 # The greeting and the EHLO/HELO/LHLO exchange share one budget (stock sets
@@ -150,6 +150,16 @@ class Connection:
         self._budget = 0.0
         self._budget_stage: object = None
         self._budget_cap = 0.0
+
+    def restart(self, sock) -> None:
+        """Continue on a new stream (after a TLS handshake): nothing pending,
+        a fresh reply parser with the same settings, and the stage timeout
+        set again on the new stream's first use."""
+        self.sock = sock
+        self._timeout = -1
+        self.out.clear()
+        p = self.parser
+        self.parser = ReplyParser(utf8=p.utf8, line_limit=p.line_limit, line_filter=p.line_filter)
 
     def _recorded_filter(self, line_filter):
         """smtp_reply_filter, noting each replacement while a chat is kept

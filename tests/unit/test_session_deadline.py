@@ -197,3 +197,27 @@ def test_tcp_windowsize_sets_both_buffers():
             small.close()
     finally:
         ls.close()
+
+
+def test_restart_applies_the_stage_timeout_to_the_new_stream(clock):
+    """After STARTTLS the connection continues on a new stream: its first
+    read gets the stage timeout even when that equals the last one set on
+    the old stream (a stream without one would wait forever)."""
+    plain = FakeSock(clock, cost=0.1, chunks=[b"220 go ahead\r\n"])
+    conn = Connection(plain, EP, TIMEOUTS)
+    assert conn.read_reply(Stage.MAIL).code == 220
+    assert plain.timeouts == [10.0]
+    tls = FakeSock(clock, cost=0.1, chunks=[b"250 ok\r\n"])
+    conn.queue(b"pending\r\n")
+    conn.restart(tls)
+    assert conn.read_reply(Stage.RCPT).code == 250     # RCPT's timeout is also 10 s
+    assert tls.timeouts == [10.0]
+    assert tls.sent == b""                              # nothing carried over
+
+
+def test_unix_connect_failure_texts(tmp_path):
+    from postfix_smtp.smtp.session import ConnectError, connect
+    ep = Endpoint("mx", str(tmp_path / "missing"), 0, socket.AF_UNIX)
+    with pytest.raises(ConnectError) as ei:
+        connect(ep, 5)
+    assert ei.value.text == "No such file or directory"
