@@ -226,10 +226,9 @@ class Agent:
                                          reason="mail system configuration error"),
                                   relay=self.s.service_name)
                 return True
-            if (letter == "D" and "D" in self.flags and req.recipients
-                    and delivery.delivered_to_loop()):
-                delivery.fail_all(dr.Dsn(status="5.4.6", reason="mail forwarding loop for %s"
-                                         % req.recipients[0].address),
-                                  relay=self.s.service_name)
-                return True
+        if "D" in self.flags and req.recipients and delivery.delivered_to_loop():
+            delivery.fail_all(dr.Dsn(status="5.4.6", reason="mail forwarding loop for %s"
+                                     % req.recipients[0].address),
+                              relay=self.s.service_name)
+            return True
         return False

@@ -32,13 +32,10 @@ from __future__ import annotations
 import socket
 import time
 
-from ..queue.records import REC_END, REC_FROM, REC_MESG, REC_NORM, REC_RCPT, encode_record
+from ..queue.records import (REC_ATTR, REC_END, REC_FROM, REC_MESG, REC_NORM, REC_RCPT,
+                             REC_TIME, REC_XTRA, encode_record)
 from .attr import AttrError, expect
 from .stream import AttrStream, IpcError
-
-REC_TIME = ord("T")
-REC_ATTR = ord("A")
-REC_XTRA = ord("X")
 
 # cleanup request flags (cleanup_user.h)
 CLEANUP_FLAG_FILTER = 1 << 1
@@ -139,6 +136,8 @@ class PostMail:
              path: str | None = None, now: float | None = None) -> "PostMail":
         """Connect to ``public/<service>`` (or ``path``); IpcError when that fails,
         PostMailError when cleanup does not answer as expected."""
+        # a connect to a busy cleanup fails at once (EAGAIN on a UNIX-domain
+        # socket with a timeout), as stock's post_mail_fopen_nowait() gives up
         stream = AttrStream.connect_unix(path or "public/" + service, timeout)
         try:
             try:

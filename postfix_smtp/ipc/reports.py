@@ -198,7 +198,7 @@ class Reporter:
         if status == 0:
             self._logline(rcpt, relay, dsn, "sent")
             return 0
-        return self.defer(rcpt, relay, Dsn(status="4.3.0", action="delayed",
+        return self._defer(rcpt, relay, Dsn(status="4.3.0", action="delayed",
                                            reason="%s: %s service failed"
                                            % (self.req.queue_id, self.s.trace_service)))
 
@@ -229,7 +229,7 @@ class Reporter:
         if status == 0:
             self._logline(rcpt, relay, d, "bounced")
             return 0
-        return self.defer(rcpt, relay, Dsn(status="4.3.0", action="delayed",
+        return self._defer(rcpt, relay, Dsn(status="4.3.0", action="delayed",
                                            reason="%s or %s service failure"
                                            % (self.s.bounce_service, self.s.trace_service)))
 

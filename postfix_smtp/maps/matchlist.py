@@ -276,16 +276,6 @@ class MatchList:
             ("" if i.positive else "!") + i.pattern for i in self.items))
 
 
-def _params_get(params: Any, name: str, default: str = "") -> str:
-    if params is None:
-        return default
-    try:
-        value = params.get(name)
-    except Exception:
-        return default
-    return default if value is None else value
-
-
 def string_list(pname: str, patterns: str, params: Any = None, log: Any = None,
                 ctx: Any = None, utf8: bool = True) -> MatchList:
     """string_list_init(): exact (case-folded) strings and tables."""
@@ -294,7 +284,8 @@ def string_list(pname: str, patterns: str, params: Any = None, log: Any = None,
 
 def parent_style(pname: str, params: Any = None, log: Any = None, utf8: bool = True) -> bool:
     """match_parent_style(): is ``pname`` listed in parent_domain_matches_subdomains?"""
-    spec = _params_get(params, "parent_domain_matches_subdomains")
+    from .api import _param
+    spec = _param(params, "parent_domain_matches_subdomains", "")
     if not spec.strip():
         return False
     lst = string_list("parent_domain_matches_subdomains", spec, params, log, utf8=utf8)
@@ -312,8 +303,8 @@ def namadr_list(pname: str, patterns: str, params: Any = None, log: Any = None,
     ``parent`` defaults to whether ``pname`` is in parent_domain_matches_subdomains;
     ``utf8`` to ``smtputf8_enable`` (the case folding stock uses)."""
     if utf8 is None:
-        utf8 = _params_get(params, "smtputf8_enable", "yes").strip().lower() in (
-            "yes", "true", "1", "on")
+        from .api import _param_bool
+        utf8 = _param_bool(params, "smtputf8_enable", True)
     if parent is None:
         parent = parent_style(pname, params, log, utf8)
     return MatchList(pname, patterns, ("host", "addr"), parent=parent, params=params,

@@ -40,11 +40,11 @@ import binascii
 import re
 import socket
 
+from ..config.params import ConfigError
 from ..ipc.attr import AttrError, encode, parse_data, parse_int
 
 PROTOCOL = "tlsproxy_protocol"
 
-FLAG_ROLE_SERVER = 1 << 0
 FLAG_ROLE_CLIENT = 1 << 1
 FLAG_SEND_CONTEXT = 1 << 2
 
@@ -609,6 +609,9 @@ def start(tcp_sock: socket.socket, policy, cfg, params, *, service: str, dest: s
                                       session_timeout=session_timeout)
     except ProxyError as exc:            # an unreadable trust anchor file
         _warn(log, str(exc))
+        return None
+    except (AttrError, ValueError, ConfigError) as exc:   # a value the stream cannot
+        _warn(log, "tlsproxy request: %s" % exc)          # carry, a bad main.cf number
         return None
     psock = open_proxy(tcp_sock, first, second, service_name=service_name,
                        timeout=cfg.starttls_timeout, log=log, path=path)

@@ -112,3 +112,22 @@ def test_no_filter_no_lookup():
     r = Recording(None)
     r.bounce(RCPT, "relay", Dsn(status="5.1.1", reason="no"))
     assert r.appended == [("bounce", "5.1.1", "failed", "no"), ("log", "bounced", "5.1.1", "no")]
+
+
+class FailingBounce(Recording):
+    def _append(self, service, rcpt, dsn):
+        self.appended.append((service, dsn.status, dsn.action, dsn.reason))
+        return -1 if service == "bounce" else 0
+
+
+def test_service_failure_fallback_is_not_filtered_again():
+    """A bounce whose bounce(8) append fails becomes a 4.3.0 deferral that is
+    not run through the filter again (stock defer_append_intern): a filter
+    mapping that deferral to a bounce must not loop back into bounce(8)."""
+    t = Table({"4.3.0 bounce or trace service failure": "5.3.0 give up"})
+    r = FailingBounce(t)
+    assert r.bounce(RCPT, "relay", Dsn(status="5.1.1", reason="no")) == -1
+    assert t.keys == ["5.1.1 no"]
+    assert r.appended == [("bounce", "5.1.1", "failed", "no"),
+                          ("defer", "4.3.0", "delayed", "bounce or trace service failure"),
+                          ("log", "deferred", "4.3.0", "bounce or trace service failure")]

@@ -415,3 +415,24 @@ def test_malformed_context_is_a_failed_handshake(sockdir):
     server_end.close()
     fake.thread.join(10)
     assert got is None and log.lines == []
+
+
+def test_a_request_that_cannot_be_encoded_is_no_tls_session(sockdir):
+    """A server EHLO name with a NUL byte cannot travel in the attribute
+    stream: no TLS session (the caller defers), not an escaping AttrError."""
+    log = Log()
+    cfg, params = _cfg()
+    a, b = socket.socketpair()
+    try:
+        got = proxy.start(a, Policy(level=1, protocols=">=TLSv1", grade="medium"), cfg, params,
+                          service="smtp", dest="[127.0.0.1]:2525", nexthop="127.0.0.1",
+                          host="127.0.0.1", addr="127.0.0.1", port=2525,
+                          namaddrport="127.0.0.1[127.0.0.1]:2525", helo="bad\0helo",
+                          session_timeout=600, log=log,
+                          path=os.path.join(sockdir, "tlsproxy"))
+    finally:
+        a.close()
+        b.close()
+    assert got is None
+    assert len(log.lines) == 1 and log.lines[0][0] == "warning"
+    assert log.lines[0][1].startswith("tlsproxy request: NUL byte")
