@@ -237,3 +237,28 @@ def test_sni_and_wrapper_mode(tmp_base, tls_agent, pki):
         {"smtp_tls_security_level": "encrypt", "smtp_tls_wrappermode": "yes"})
     assert ours[2][0].tls and stock[2][0].tls
     assert ours[2][0].messages and stock[2][0].messages
+
+
+def test_stage_timeouts_apply_inside_tls_like_stock(tmp_base, tls_agent, pki):
+    """After STARTTLS the MAIL FROM timeout still applies when it equals the
+    STARTTLS and EHLO ones: the peer holds its MAIL reply 20 s, both agents give up
+    after 2 s (the agent once left the TLS stream without any timeout)."""
+    from test_delivery import normalise_line, run_scenario
+    script = dict(tls_cert=pki.cert("good"), tls_key=pki.key("good"), delay={"mail": 20})
+    # STARTTLS, EHLO and MAIL FROM with one value (as with the 300 s defaults)
+    cf = {"smtp_tls_security_level": "may", "smtp_mail_timeout": "2s",
+          "smtp_starttls_timeout": "2s", "smtp_helo_timeout": "2s"}
+    runs = {}
+    for tag, agent in (("agent", tls_agent), ("stock", None)):
+        t0 = time.monotonic()
+        out = run_scenario(os.path.join(tmp_base, tag), agent, PeerScript(**script),
+                           main_cf=cf, expect_empty=False)
+        runs[tag] = (out, time.monotonic() - t0)
+    lines = {tag: [normalise_line(x) for x in out.lines] for tag, (out, _t) in runs.items()}
+    assert lines["agent"] == lines["stock"]
+    assert [(d["status"], d["dsn"], d["reason"]) for d in lines["agent"]] == [
+        ("deferred", "4.4.2", "conversation with 127.0.0.1[127.0.0.1] timed out while "
+                              "sending MAIL FROM")]
+    for tag, (out, _t) in runs.items():
+        assert out.sessions[0].tls is not None, tag           # it was inside TLS
+    assert runs["agent"][1] < 15, runs["agent"][1]              # 2 s, not the peer's 20 s
